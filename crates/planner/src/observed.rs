@@ -1,0 +1,97 @@
+//! What a VM has now: the platform's view (configuration) and the guest's own view.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use wukong_api::VmConfig;
+
+/// The VM as it is: what the planner plans from and the verifier checks against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observed {
+    /// The configuration the VM has now (CPU = vCPUs in use, memory = plugged memory, disks
+    /// and NICs as attached).
+    pub config: VmConfig,
+    /// Whether the VM runs.
+    pub running: bool,
+    /// Memory the VM booted with: the floor of a live shrink.
+    pub boot_memory: u64,
+    /// The guest's own report, when its agent answers.
+    pub guest: Option<GuestView>,
+}
+
+impl Observed {
+    /// A running VM whose guest reports exactly its configuration (for plans against a
+    /// described VM, and for tests).
+    pub fn running(config: VmConfig) -> Self {
+        let guest = GuestView::matching(&config);
+        Observed {
+            boot_memory: config.memory,
+            running: true,
+            guest: Some(guest),
+            config,
+        }
+    }
+}
+
+/// The VM as its guest sees it (through the guest agent).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestView {
+    /// vCPUs online.
+    pub cpus_online: u32,
+    /// MemTotal, bytes.
+    pub memory_total: u64,
+    /// Block devices by disk name (serial).
+    pub disks: BTreeMap<String, GuestDiskView>,
+    /// MAC addresses of the guest's interfaces.
+    pub macs: Vec<String>,
+    /// The guest's boot id.
+    pub boot_id: Option<String>,
+}
+
+/// One disk in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestDiskView {
+    /// Block device size, bytes.
+    pub size: u64,
+    /// Size of the filesystem on it (or on its last partition), when mounted.
+    pub filesystem_size: Option<u64>,
+    /// Whether the filesystem sits in a partition (then the partition is grown first).
+    pub partitioned: bool,
+}
+
+impl GuestView {
+    /// The view of a guest that has exactly `config` (filesystems filling their disks).
+    pub fn matching(config: &VmConfig) -> Self {
+        GuestView {
+            cpus_online: config.cpu,
+            memory_total: config.memory,
+            disks: config
+                .disks
+                .iter()
+                .map(|d| {
+                    (
+                        d.name.clone(),
+                        GuestDiskView {
+                            size: d.size,
+                            filesystem_size: d.filesystem.as_ref().map(|_| d.size),
+                            partitioned: false,
+                        },
+                    )
+                })
+                .collect(),
+            macs: config.networks.iter().map(|n| n.mac.clone()).collect(),
+            boot_id: None,
+        }
+    }
+}
+
+/// A filesystem fills its disk when it has at least this share of it (per mille).
+pub const FILESYSTEM_FILL_PERMILLE: u64 = 950;
+
+/// Whether a filesystem of `fs` bytes fills a disk of `disk` bytes.
+pub fn filesystem_fills(fs: u64, disk: u64) -> bool {
+    u128::from(fs) * 1000 >= u128::from(disk) * u128::from(FILESYSTEM_FILL_PERMILLE)
+}

@@ -237,13 +237,24 @@ pub fn resolve_new(
     let mut errors = Vec::new();
     if max_cpu > limits.max_cpu {
         errors.push(FieldError::invalid(
-            if spec.max_cpu.is_some() { "spec.maxCpu" } else { "spec.cpu" },
-            format!("{max_cpu} vCPUs exceed the host limit of {}", limits.max_cpu),
+            if spec.max_cpu.is_some() {
+                "spec.maxCpu"
+            } else {
+                "spec.cpu"
+            },
+            format!(
+                "{max_cpu} vCPUs exceed the host limit of {}",
+                limits.max_cpu
+            ),
         ));
     }
     if max_memory > limits.max_memory {
         errors.push(FieldError::invalid(
-            if spec.max_memory.is_some() { "spec.maxMemory" } else { "spec.memory" },
+            if spec.max_memory.is_some() {
+                "spec.maxMemory"
+            } else {
+                "spec.memory"
+            },
             format!(
                 "{} exceeds the host limit of {}",
                 Quantity::from_bytes(max_memory),
@@ -392,7 +403,8 @@ mod tests {
 
     #[test]
     fn creation_defaults_and_headroom() {
-        let (cfg, pinned) = resolve_new("vm", &WukongSpec::default(), BackendKind::Local, HOST).unwrap();
+        let (cfg, pinned) =
+            resolve_new("vm", &WukongSpec::default(), BackendKind::Local, HOST).unwrap();
         assert_eq!((cfg.cpu, cfg.memory), (DEFAULT_CPU, DEFAULT_MEMORY));
         assert_eq!((cfg.max_cpu, cfg.max_memory), (4, 4 * GIB));
         assert_eq!(pinned.boot_disk.as_deref(), Some(DEFAULT_DISK_NAME));
@@ -416,7 +428,10 @@ mod tests {
             ..Default::default()
         };
         let err = resolve_new("vm", &spec, BackendKind::Local, HOST).unwrap_err();
-        assert_eq!(err.to_string(), "spec.cpu: 12 vCPUs exceed the host limit of 8");
+        assert_eq!(
+            err.to_string(),
+            "spec.cpu: 12 vCPUs exceed the host limit of 8"
+        );
     }
 
     #[test]
@@ -438,7 +453,8 @@ mod tests {
 
     #[test]
     fn to_spec_round_trips() {
-        let (cfg, pinned) = resolve_new("vm", &WukongSpec::default(), BackendKind::Kubevirt, HOST).unwrap();
+        let (cfg, pinned) =
+            resolve_new("vm", &WukongSpec::default(), BackendKind::Kubevirt, HOST).unwrap();
         assert_eq!(resolve("vm", &cfg.to_spec(), &pinned).unwrap(), cfg);
     }
 }

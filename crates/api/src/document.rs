@@ -49,8 +49,8 @@ const TOP_LEVEL: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "status"
 pub fn parse_documents(text: &str) -> Result<Vec<Document>, DocumentError> {
     let mut out = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value: serde_yaml::Value = serde::Deserialize::deserialize(de)
-            .map_err(|e| DocumentError::Yaml(e.to_string()))?;
+        let value: serde_yaml::Value =
+            serde::Deserialize::deserialize(de).map_err(|e| DocumentError::Yaml(e.to_string()))?;
         if value.is_null() {
             continue;
         }
@@ -150,13 +150,28 @@ mod tests {
     #[test]
     fn names_the_field_and_the_reason() {
         let base = "apiVersion: vm.novasphere.dev/v1alpha1\nkind: Wukong\nmetadata: {name: a}\n";
-        assert!(err(&format!("{base}spec: {{cpu: 2, colour: red}}")).contains("spec.colour: unknown field `colour`"));
+        assert!(
+            err(&format!("{base}spec: {{cpu: 2, colour: red}}"))
+                .contains("spec.colour: unknown field `colour`")
+        );
         assert!(err(&format!("{base}spec: {{cpu: 1.5}}")).contains("spec.cpu"));
-        assert!(err(&format!("{base}spec: {{disks: [{{name: a, size: 8Gx}}]}}")).contains("spec.disks[0].size: '8Gx' has an unknown unit suffix"));
-        assert!(err("apiVersion: v1\nkind: Wukong\nmetadata: {name: a}").contains("apiVersion: 'v1' is not"));
-        assert!(err("apiVersion: vm.novasphere.dev/v1alpha1\nkind: Pod\nmetadata: {name: a}").contains("kind: 'Pod'"));
+        assert!(
+            err(&format!("{base}spec: {{disks: [{{name: a, size: 8Gx}}]}}"))
+                .contains("spec.disks[0].size: '8Gx' has an unknown unit suffix")
+        );
+        assert!(
+            err("apiVersion: v1\nkind: Wukong\nmetadata: {name: a}")
+                .contains("apiVersion: 'v1' is not")
+        );
+        assert!(
+            err("apiVersion: vm.novasphere.dev/v1alpha1\nkind: Pod\nmetadata: {name: a}")
+                .contains("kind: 'Pod'")
+        );
         assert!(err("spec: [").starts_with("invalid YAML"));
         assert!(err(&format!("{base}extra: 1")).contains("extra: unknown field"));
-        assert!(err("apiVersion: vm.novasphere.dev/v1alpha1\nkind: Wukong\nmetadata: {name: My_VM}").contains("metadata.name"));
+        assert!(
+            err("apiVersion: vm.novasphere.dev/v1alpha1\nkind: Wukong\nmetadata: {name: My_VM}")
+                .contains("metadata.name")
+        );
     }
 }

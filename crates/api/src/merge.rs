@@ -58,11 +58,18 @@ mod tests {
 
     #[test]
     fn a_given_list_is_the_whole_list() {
-        let merged = merge_spec(&stored(), &json!({"disks": [{"name": "system", "size": "50Gi"}]})).unwrap();
+        let merged = merge_spec(
+            &stored(),
+            &json!({"disks": [{"name": "system", "size": "50Gi"}]}),
+        )
+        .unwrap();
         let disks = merged.disks.unwrap();
         assert_eq!(disks.len(), 1);
         assert_eq!(disks[0].size, Quantity::from("50Gi"));
-        assert_eq!(disks[0].boot, None, "a given list item replaces the stored item whole");
+        assert_eq!(
+            disks[0].boot, None,
+            "a given list item replaces the stored item whole"
+        );
         let merged = merge_spec(&stored(), &json!({"networks": []})).unwrap();
         assert_eq!(merged.networks, Some(vec![]));
     }

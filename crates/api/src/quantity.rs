@@ -197,18 +197,42 @@ mod tests {
         assert_eq!(parse_bytes("1G"), Ok(1_000_000_000));
         assert_eq!(parse_bytes("20"), Ok(20));
         assert_eq!(parse_bytes("2000m"), Ok(2));
-        assert_eq!(parse_bytes("16Ei"), Err(QuantityError::TooLarge("16Ei".into())));
+        assert_eq!(
+            parse_bytes("16Ei"),
+            Err(QuantityError::TooLarge("16Ei".into()))
+        );
     }
 
     #[test]
     fn rejects_what_is_not_a_whole_byte_count() {
-        assert!(matches!(parse_bytes("8Gx"), Err(QuantityError::UnknownSuffix(_))));
-        assert!(matches!(parse_bytes("-1Gi"), Err(QuantityError::Malformed(_))));
-        assert!(matches!(parse_bytes("0.5"), Err(QuantityError::FractionalBytes(_))));
-        assert!(matches!(parse_bytes("1.1Ki"), Err(QuantityError::FractionalBytes(_))));
-        assert!(matches!(parse_bytes("1..2Gi"), Err(QuantityError::Malformed(_))));
-        assert!(matches!(parse_bytes("Gi"), Err(QuantityError::Malformed(_))));
-        assert!(matches!(parse_bytes("1.Gi"), Err(QuantityError::Malformed(_))));
+        assert!(matches!(
+            parse_bytes("8Gx"),
+            Err(QuantityError::UnknownSuffix(_))
+        ));
+        assert!(matches!(
+            parse_bytes("-1Gi"),
+            Err(QuantityError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_bytes("0.5"),
+            Err(QuantityError::FractionalBytes(_))
+        ));
+        assert!(matches!(
+            parse_bytes("1.1Ki"),
+            Err(QuantityError::FractionalBytes(_))
+        ));
+        assert!(matches!(
+            parse_bytes("1..2Gi"),
+            Err(QuantityError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_bytes("Gi"),
+            Err(QuantityError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_bytes("1.Gi"),
+            Err(QuantityError::Malformed(_))
+        ));
         assert_eq!(parse_bytes(""), Err(QuantityError::Empty));
     }
 

@@ -124,7 +124,10 @@ pub struct WukongSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiskSpec {
     /// DNS label of at most 20 characters; also the disk's serial in the guest.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 20))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 20)
+    )]
     pub name: String,
 
     /// Size of the disk (a multiple of 512 bytes). It can grow, never shrink.
@@ -212,7 +215,10 @@ pub enum VolumeMode {
 ]))]
 pub struct NetworkSpec {
     /// DNS label, unique among the VM's networks.
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(min = 1, max = 63))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub name: String,
 
     /// Local: QEMU user-mode networking (NAT, no root needed).
@@ -333,7 +339,9 @@ impl NetworkSpec {
     pub fn source(&self) -> Option<NetworkSource> {
         let all = [
             self.user.as_ref().map(|_| NetworkSource::User),
-            self.tap.as_ref().map(|t| NetworkSource::Tap(t.name.clone())),
+            self.tap
+                .as_ref()
+                .map(|t| NetworkSource::Tap(t.name.clone())),
             self.bridge
                 .as_ref()
                 .map(|b| NetworkSource::Bridge(b.name.clone())),
@@ -432,7 +440,9 @@ pub struct MaintenanceWindow {
 }
 
 /// Days of the week.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[allow(missing_docs)]
 pub enum Weekday {
     Mon,

@@ -294,7 +294,10 @@ fn validate_autoscaling(
         if c.min == 0 || c.min > c.max {
             errors.push(FieldError::invalid(
                 "spec.autoscaling.cpu",
-                format!("min {} must be at least 1 and not exceed max {}", c.min, c.max),
+                format!(
+                    "min {} must be at least 1 and not exceed max {}",
+                    c.min, c.max
+                ),
             ));
         }
         if let Some(max) = spec.max_cpu
@@ -355,7 +358,9 @@ pub fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
     parts.len() == 6
         && parts.iter().all(|p| {
-            p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            p.len() == 2
+                && p.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
 }
 
@@ -480,7 +485,10 @@ mod tests {
                 duration: 90
             })
         );
-        assert_eq!(parse_window(&w("23:00", "24h")).map(|w| w.duration), Ok(1440));
+        assert_eq!(
+            parse_window(&w("23:00", "24h")).map(|w| w.duration),
+            Ok(1440)
+        );
         assert!(parse_window(&w("24:00", "1h")).is_err());
         assert!(parse_window(&w("2:00", "1h")).is_err());
         assert!(parse_window(&w("02:00", "25h")).is_err());

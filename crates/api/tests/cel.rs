@@ -57,8 +57,14 @@ fn cpu_and_memory_within_their_maxima() {
     spec["cpu"] = json!(9);
     spec["memory"] = json!("64Gi");
     let m = messages(object(spec), None);
-    assert!(m.contains(&"cpu must not exceed maxCpu".to_string()), "{m:?}");
-    assert!(m.contains(&"memory must not exceed maxMemory".to_string()), "{m:?}");
+    assert!(
+        m.contains(&"cpu must not exceed maxCpu".to_string()),
+        "{m:?}"
+    );
+    assert!(
+        m.contains(&"memory must not exceed maxMemory".to_string()),
+        "{m:?}"
+    );
 }
 
 #[test]
@@ -113,14 +119,23 @@ fn at_most_one_boot_disk_and_window_needs_its_schedule() {
         "restartPolicy": "Window"
     });
     let m = messages(object(spec), None);
-    assert!(m.contains(&"at most one disk can be the boot disk".to_string()), "{m:?}");
-    assert!(m.contains(&"restartPolicy Window needs maintenanceWindow".to_string()), "{m:?}");
+    assert!(
+        m.contains(&"at most one disk can be the boot disk".to_string()),
+        "{m:?}"
+    );
+    assert!(
+        m.contains(&"restartPolicy Window needs maintenanceWindow".to_string()),
+        "{m:?}"
+    );
 }
 
 #[test]
 fn committed_crd_matches_the_types() {
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/crd.yaml"))
-        .expect("deploy/crd.yaml exists (regenerate with `wukong crd > deploy/crd.yaml`)");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/crd.yaml"
+    ))
+    .expect("deploy/crd.yaml exists (regenerate with `wukong crd > deploy/crd.yaml`)");
     assert!(
         committed == wukong_api::crd::crd_yaml(),
         "deploy/crd.yaml has drifted from the types: run `wukong crd > deploy/crd.yaml`"

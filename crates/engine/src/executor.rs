@@ -155,8 +155,9 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
         desired: &mut watch::Receiver<Desired>,
     ) -> Result<OperationReport, EngineError> {
         let mut target = desired.borrow_and_update().clone();
-        let (mut observed, mut current) =
-            self.preview(vm, &target.config, jiff::Timestamp::now()).await?;
+        let (mut observed, mut current) = self
+            .preview(vm, &target.config, jiff::Timestamp::now())
+            .await?;
         let mut report = OperationReport {
             id: operation.to_string(),
             steps: Vec::new(),
@@ -185,8 +186,9 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
             for step in live {
                 if desired.has_changed().unwrap_or(false) {
                     target = desired.borrow_and_update().clone();
-                    (observed, current) =
-                        self.preview(vm, &target.config, jiff::Timestamp::now()).await?;
+                    (observed, current) = self
+                        .preview(vm, &target.config, jiff::Timestamp::now())
+                        .await?;
                     report.generation = target.generation;
                     self.tell(
                         vm,
@@ -282,8 +284,9 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                                 duration_ms: started.elapsed().as_millis() as u64,
                             },
                         )?;
-                        let (_, left) =
-                            self.preview(vm, &target.config, jiff::Timestamp::now()).await?;
+                        let (_, left) = self
+                            .preview(vm, &target.config, jiff::Timestamp::now())
+                            .await?;
                         if !left.is_empty() {
                             report.succeeded = false;
                             report.message = Some(format!(
@@ -295,9 +298,11 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                                     .join("; ")
                             ));
                         }
-                        report
-                            .steps
-                            .extend(restart_steps.into_iter().map(|s| (s, StepOutcome::Restarted)));
+                        report.steps.extend(
+                            restart_steps
+                                .into_iter()
+                                .map(|s| (s, StepOutcome::Restarted)),
+                        );
                     }
                     Err(e) => {
                         report.succeeded = false;

@@ -47,7 +47,14 @@ impl Backend for Sim {
         Ok(self.vm.lock().unwrap().clone())
     }
     async fn capabilities(&self, _: &VmRef, _: &Observed) -> Result<Capabilities, BackendError> {
-        Ok(Capabilities::local(QemuVersion { major: 10, minor: 0 }, None, None))
+        Ok(Capabilities::local(
+            QemuVersion {
+                major: 10,
+                minor: 0,
+            },
+            None,
+            None,
+        ))
     }
     async fn apply_step(
         &self,
@@ -73,7 +80,12 @@ impl Backend for Sim {
     }
     async fn undo_step(&self, _: &VmRef, step: &Step) -> Result<bool, BackendError> {
         if let Action::AttachDisk { disk } = &step.action {
-            apply(&mut self.vm.lock().unwrap(), &Action::DetachDisk { disk: disk.name.clone() });
+            apply(
+                &mut self.vm.lock().unwrap(),
+                &Action::DetachDisk {
+                    disk: disk.name.clone(),
+                },
+            );
             return Ok(true);
         }
         Ok(false)
@@ -146,7 +158,10 @@ fn engine<'a, B: Backend>(b: &'a B, j: &'a Recorder) -> Engine<'a, B, Recorder, 
     }
 }
 
-fn desired(generation: i64, config: VmConfig) -> (watch::Sender<Desired>, watch::Receiver<Desired>) {
+fn desired(
+    generation: i64,
+    config: VmConfig,
+) -> (watch::Sender<Desired>, watch::Receiver<Desired>) {
     watch::channel(Desired { generation, config })
 }
 
@@ -159,15 +174,35 @@ async fn converges_live_and_journals_every_step() {
     want.memory = 12 * GIB;
     want.disks.push(data_disk());
     let (_tx, mut rx) = desired(2, want.clone());
-    let report = engine(&sim, &journal).converge(&VmRef::new("default", "vm"), "op1", &mut rx).await.unwrap();
+    let report = engine(&sim, &journal)
+        .converge(&VmRef::new("default", "vm"), "op1", &mut rx)
+        .await
+        .unwrap();
     assert!(report.succeeded, "{:?}", report.message);
     assert_eq!(report.steps.len(), 3);
-    assert!(report.steps.iter().all(|(_, o)| matches!(o, StepOutcome::Done { .. })));
+    assert!(
+        report
+            .steps
+            .iter()
+            .all(|(_, o)| matches!(o, StepOutcome::Done { .. }))
+    );
     assert_eq!(sim.vm.lock().unwrap().config.cpu, 4);
     let events = journal.0.lock().unwrap();
     assert!(matches!(events.first(), Some(Event::Planned { .. })));
-    assert!(matches!(events.last(), Some(Event::Finished { succeeded: true, .. })));
-    assert_eq!(events.iter().filter(|e| matches!(e, Event::StepDone { .. })).count(), 3);
+    assert!(matches!(
+        events.last(),
+        Some(Event::Finished {
+            succeeded: true,
+            ..
+        })
+    ));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::StepDone { .. }))
+            .count(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -178,17 +213,26 @@ async fn a_step_the_guest_never_shows_fails_verification_and_is_undone() {
     let mut want = base();
     want.disks.push(data_disk());
     let (_tx, mut rx) = desired(2, want);
-    let report = engine(&sim, &journal).converge(&VmRef::new("default", "vm"), "op", &mut rx).await.unwrap();
+    let report = engine(&sim, &journal)
+        .converge(&VmRef::new("default", "vm"), "op", &mut rx)
+        .await
+        .unwrap();
     assert!(!report.succeeded);
     let (_, outcome) = &report.steps[0];
     match outcome {
         StepOutcome::Failed { error, undone } => {
-            assert!(error.contains("the guest does not see disk data"), "{error}");
+            assert!(
+                error.contains("the guest does not see disk data"),
+                "{error}"
+            );
             assert!(undone);
         }
         other => panic!("{other:?}"),
     }
-    assert!(sim.vm.lock().unwrap().config.disk("data").is_none(), "the attach was rolled back");
+    assert!(
+        sim.vm.lock().unwrap().config.disk("data").is_none(),
+        "the attach was rolled back"
+    );
 }
 
 #[tokio::test]
@@ -201,8 +245,17 @@ async fn a_new_desired_state_mid_operation_is_replanned() {
     let mut second = base();
     second.cpu = 3;
     let (tx, mut rx) = desired(2, first);
-    *sim.concurrent_apply.lock().unwrap() = Some((tx.clone(), Desired { generation: 3, config: second.clone() }));
-    let report = engine(&sim, &journal).converge(&VmRef::new("default", "vm"), "op", &mut rx).await.unwrap();
+    *sim.concurrent_apply.lock().unwrap() = Some((
+        tx.clone(),
+        Desired {
+            generation: 3,
+            config: second.clone(),
+        },
+    ));
+    let report = engine(&sim, &journal)
+        .converge(&VmRef::new("default", "vm"), "op", &mut rx)
+        .await
+        .unwrap();
     assert!(report.succeeded);
     assert_eq!(report.generation, 3);
     let vm = sim.vm.lock().unwrap();
@@ -210,9 +263,24 @@ async fn a_new_desired_state_mid_operation_is_replanned() {
     // The running step completed, then the rest was planned toward the newest spec.
     let applied = sim.applied.lock().unwrap();
     assert_eq!(applied[0], Action::AddVcpus { from: 2, to: 4 });
-    assert!(applied.contains(&Action::RemoveVcpus { from: 4, to: 3, method: wukong_planner::CpuRemoval::Unplug }));
-    assert!(!applied.iter().any(|a| matches!(a, Action::GrowMemory { .. })));
-    assert!(journal.0.lock().unwrap().iter().any(|e| matches!(e, Event::Replanned { .. })));
+    assert!(applied.contains(&Action::RemoveVcpus {
+        from: 4,
+        to: 3,
+        method: wukong_planner::CpuRemoval::Unplug
+    }));
+    assert!(
+        !applied
+            .iter()
+            .any(|a| matches!(a, Action::GrowMemory { .. }))
+    );
+    assert!(
+        journal
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Replanned { .. }))
+    );
 }
 
 #[tokio::test]
@@ -225,20 +293,35 @@ async fn restart_only_changes_follow_the_policy() {
     let sim = Sim::new(base());
     let journal = Recorder::default();
     let (_tx, mut rx) = desired(2, want.clone());
-    let report = engine(&sim, &journal).converge(&VmRef::new("default", "vm"), "op", &mut rx).await.unwrap();
+    let report = engine(&sim, &journal)
+        .converge(&VmRef::new("default", "vm"), "op", &mut rx)
+        .await
+        .unwrap();
     let (reason, pending) = report.pending.expect("restart-only steps wait under Never");
     assert!(reason.contains("Never"));
     assert_eq!(pending.len(), 2, "{pending:?}");
-    assert_eq!(sim.vm.lock().unwrap().config.memory, 10 * GIB, "live steps were applied at once");
+    assert_eq!(
+        sim.vm.lock().unwrap().config.memory,
+        10 * GIB,
+        "live steps were applied at once"
+    );
     assert_eq!(sim.vm.lock().unwrap().config.cpu, 2);
 
     want.restart_policy = RestartPolicy::Automatic;
     let sim = Sim::new(base());
     let (_tx, mut rx) = desired(2, want);
-    let report = engine(&sim, &journal).converge(&VmRef::new("default", "vm"), "op", &mut rx).await.unwrap();
+    let report = engine(&sim, &journal)
+        .converge(&VmRef::new("default", "vm"), "op", &mut rx)
+        .await
+        .unwrap();
     assert!(report.succeeded && report.pending.is_none());
     assert_eq!(sim.vm.lock().unwrap().config.cpu, 12);
-    assert!(report.steps.iter().any(|(_, o)| *o == StepOutcome::Restarted));
+    assert!(
+        report
+            .steps
+            .iter()
+            .any(|(_, o)| *o == StepOutcome::Restarted)
+    );
 }
 
 #[tokio::test]
@@ -248,7 +331,10 @@ async fn a_refused_change_touches_nothing() {
     let mut want = base();
     want.disks[0].size = GIB;
     let (_tx, mut rx) = desired(2, want);
-    let err = engine(&sim, &journal).converge(&VmRef::new("default", "vm"), "op", &mut rx).await.unwrap_err();
+    let err = engine(&sim, &journal)
+        .converge(&VmRef::new("default", "vm"), "op", &mut rx)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("disks never shrink"), "{err}");
     assert!(sim.applied.lock().unwrap().is_empty());
     assert!(journal.0.lock().unwrap().is_empty());

@@ -89,13 +89,20 @@ pub struct QemuVersion {
 impl QemuVersion {
     /// The first version known to re-add a vCPU after an unplug without crashing (10.0; 7.2
     /// double-frees on the next add).
-    pub const SAFE_CPU_READD: QemuVersion = QemuVersion { major: 10, minor: 0 };
+    pub const SAFE_CPU_READD: QemuVersion = QemuVersion {
+        major: 10,
+        minor: 0,
+    };
 }
 
 impl Capabilities {
     /// The local QEMU backend. `cpu_add_budget` is what the engine knows of the VM's remaining
     /// vCPU creations; `hotplug_slots` its free root ports.
-    pub fn local(qemu: QemuVersion, cpu_add_budget: Option<u32>, hotplug_slots: Option<u32>) -> Self {
+    pub fn local(
+        qemu: QemuVersion,
+        cpu_add_budget: Option<u32>,
+        hotplug_slots: Option<u32>,
+    ) -> Self {
         Capabilities {
             backend: BackendKind::Local,
             cpu_add: Support::Live,

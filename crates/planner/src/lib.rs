@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capabilities;
+pub mod document;
 pub mod effect;
 pub mod observed;
 pub mod plan;
@@ -11,6 +12,7 @@ pub mod verify;
 pub mod window;
 
 pub use capabilities::{Capabilities, CpuRemoval, QemuVersion, Support};
+pub use document::PlanDocument;
 pub use observed::{GuestDiskView, GuestView, Observed};
 pub use plan::{Action, Mode, Plan, PlanError, Step, plan};
 pub use window::RestartDecision;

@@ -16,7 +16,7 @@ use wukong_api::{
 
 use crate::capabilities::{Capabilities, CpuRemoval, Support};
 use crate::observed::{Observed, filesystem_fills};
-use crate::window::{restart_decision, RestartDecision};
+use crate::window::{RestartDecision, restart_decision};
 
 /// How a step is carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,7 +42,11 @@ impl std::fmt::Display for Mode {
 
 /// What one step does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "action",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Action {
     /// Bring vCPUs online (hot-add or online offline ones).
     AddVcpus {
@@ -199,10 +203,9 @@ impl Action {
             .to_lowercase(),
             Action::AddNic { nic } => format!("add {} ({})", nic.mac, nic.source),
             Action::RemoveNic { nic } => format!("remove {}", nic.mac),
-            Action::UpdateNic { from, to } => format!(
-                "{} {} -> {} {}",
-                from.source, from.mac, to.source, to.mac
-            ),
+            Action::UpdateNic { from, to } => {
+                format!("{} {} -> {} {}", from.source, from.mac, to.source, to.mac)
+            }
             Action::Start => "start".into(),
             Action::Stop => "stop".into(),
         }
@@ -416,7 +419,9 @@ pub fn plan(
     plan_memory(&mut b, desired, observed);
 
     for d in &desired.disks {
-        let Some(h) = have.disk(&d.name) else { continue };
+        let Some(h) = have.disk(&d.name) else {
+            continue;
+        };
         if d.size > h.size {
             let support = match caps.disk_grow_blocked.iter().find(|(n, _)| *n == d.name) {
                 Some((_, why)) => Support::restart(why.clone()),
@@ -489,7 +494,11 @@ pub fn plan(
                 filesystem: fs.clone(),
             };
             if live {
-                b.push(action, Support::Live, "format the blank disk and mount it in the guest");
+                b.push(
+                    action,
+                    Support::Live,
+                    "format the blank disk and mount it in the guest",
+                );
             } else if b.running {
                 b.restart.push(Step::new(
                     action,
@@ -510,7 +519,11 @@ pub fn plan(
                 } else {
                     caps.nic_add.clone()
                 };
-                b.push(Action::AddNic { nic: n.clone() }, support, "hot-plug with its MAC");
+                b.push(
+                    Action::AddNic { nic: n.clone() },
+                    support,
+                    "hot-plug with its MAC",
+                );
             }
             Some(h) if h != n => {
                 b.push(
@@ -701,7 +714,9 @@ fn plan_memory(b: &mut Builder<'_>, desired: &VmConfig, observed: &Observed) {
 pub fn check_allowed(desired: &VmConfig, have: &VmConfig) -> Result<(), PlanError> {
     let mut errors = Vec::new();
     for (i, d) in desired.disks.iter().enumerate() {
-        let Some(h) = have.disk(&d.name) else { continue };
+        let Some(h) = have.disk(&d.name) else {
+            continue;
+        };
         let at = format!("spec.disks[{i}]");
         if d.size < h.size {
             errors.push(FieldError::not_allowed(
@@ -717,13 +732,19 @@ pub fn check_allowed(desired: &VmConfig, have: &VmConfig) -> Result<(), PlanErro
         if d.filesystem.is_some() && h.filesystem.is_some() && d.filesystem != h.filesystem {
             errors.push(FieldError::not_allowed(
                 format!("{at}.filesystem"),
-                format!("disk {} already has its filesystem; changing it would lose data", d.name),
+                format!(
+                    "disk {} already has its filesystem; changing it would lose data",
+                    d.name
+                ),
             ));
         }
         if differs(&d.storage_class, &h.storage_class) || differs(&d.volume_mode, &h.volume_mode) {
             errors.push(FieldError::not_allowed(
-                format!("{at}"),
-                format!("storageClass and volumeMode of disk {} are fixed at creation", d.name),
+                at.clone(),
+                format!(
+                    "storageClass and volumeMode of disk {} are fixed at creation",
+                    d.name
+                ),
             ));
         }
     }

@@ -79,7 +79,10 @@ pub fn verify(action: &Action, before: &GuestView, after: &GuestView) -> Result<
                 human_bytes(g.size),
                 human_bytes(d.size)
             )),
-            None => Err(format!("the guest does not see disk {} (by serial)", d.name)),
+            None => Err(format!(
+                "the guest does not see disk {} (by serial)",
+                d.name
+            )),
         },
         Action::DetachDisk { disk: name } => match disk(name) {
             None => Ok(()),
@@ -136,7 +139,10 @@ mod tests {
 
     #[test]
     fn memory_within_one_block_and_reboot_detected() {
-        let a = Action::GrowMemory { from: 512 * MIB, to: 1024 * MIB };
+        let a = Action::GrowMemory {
+            from: 512 * MIB,
+            to: 1024 * MIB,
+        };
         let before = guest(1, 480 * MIB);
         assert!(verify(&a, &before, &guest(1, 990 * MIB)).is_ok());
         assert!(verify(&a, &before, &guest(1, 600 * MIB)).is_err());
@@ -150,11 +156,18 @@ mod tests {
 
     #[test]
     fn filesystem_must_fill_the_disk() {
-        let a = Action::GrowFilesystem { disk: "d".into(), size: 1000 * MIB };
+        let a = Action::GrowFilesystem {
+            disk: "d".into(),
+            size: 1000 * MIB,
+        };
         let mut after = guest(1, 0);
         after.disks.insert(
             "d".into(),
-            GuestDiskView { size: 1000 * MIB, filesystem_size: Some(940 * MIB), partitioned: true },
+            GuestDiskView {
+                size: 1000 * MIB,
+                filesystem_size: Some(940 * MIB),
+                partitioned: true,
+            },
         );
         assert!(verify(&a, &guest(1, 0), &after).is_err());
         after.disks.get_mut("d").unwrap().filesystem_size = Some(960 * MIB);

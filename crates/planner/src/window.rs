@@ -150,15 +150,21 @@ mod tests {
         let w = window(&[Weekday::Sat], "02:00", "3h");
         assert_eq!(
             window_state(&w, at("2026-11-28T03:00:00Z")),
-            Some(WindowState::Open { closes: at("2026-11-28T05:00:00Z") })
+            Some(WindowState::Open {
+                closes: at("2026-11-28T05:00:00Z")
+            })
         );
         assert_eq!(
             window_state(&w, at("2026-11-28T05:00:00Z")),
-            Some(WindowState::Closed { opens: at("2026-12-05T02:00:00Z") })
+            Some(WindowState::Closed {
+                opens: at("2026-12-05T02:00:00Z")
+            })
         );
         assert_eq!(
             window_state(&w, at("2026-11-25T12:00:00Z")),
-            Some(WindowState::Closed { opens: at("2026-11-28T02:00:00Z") })
+            Some(WindowState::Closed {
+                opens: at("2026-11-28T02:00:00Z")
+            })
         );
     }
 
@@ -167,7 +173,9 @@ mod tests {
         let w = window(&[Weekday::Fri], "23:00", "2h");
         assert_eq!(
             window_state(&w, at("2026-11-28T00:30:00Z")),
-            Some(WindowState::Open { closes: at("2026-11-28T01:00:00Z") })
+            Some(WindowState::Open {
+                closes: at("2026-11-28T01:00:00Z")
+            })
         );
     }
 
@@ -176,7 +184,9 @@ mod tests {
         let w = window(&[], "01:00", "1h");
         assert_eq!(
             window_state(&w, at("2026-11-25T12:00:00Z")),
-            Some(WindowState::Closed { opens: at("2026-11-26T01:00:00Z") })
+            Some(WindowState::Closed {
+                opens: at("2026-11-26T01:00:00Z")
+            })
         );
     }
 
@@ -187,7 +197,11 @@ mod tests {
         assert!(restart_decision(RestartPolicy::Automatic, None, now).allowed_now);
         let w = window(&[], "11:30", "1h");
         assert!(restart_decision(RestartPolicy::Window, Some(&w), now).allowed_now);
-        let d = restart_decision(RestartPolicy::Window, Some(&window(&[], "13:00", "1h")), now);
+        let d = restart_decision(
+            RestartPolicy::Window,
+            Some(&window(&[], "13:00", "1h")),
+            now,
+        );
         assert!(!d.allowed_now);
         assert_eq!(d.next_window.as_deref(), Some("2026-11-25T13:00:00Z"));
         assert!(!restart_decision(RestartPolicy::Window, None, now).allowed_now);

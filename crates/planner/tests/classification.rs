@@ -43,37 +43,85 @@ fn vm() -> VmConfig {
     }
 }
 
-fn changes() -> Vec<(&'static str, Box<dyn Fn(&mut VmConfig)>)> {
+/// A named change to the base VM.
+type Change = (&'static str, Box<dyn Fn(&mut VmConfig)>);
+
+fn changes() -> Vec<Change> {
     vec![
         ("cpu 2 -> 4", Box::new(|c: &mut VmConfig| c.cpu = 4)),
         ("cpu 2 -> 1", Box::new(|c: &mut VmConfig| c.cpu = 1)),
-        ("cpu 2 -> 12, maxCpu 16", Box::new(|c: &mut VmConfig| { c.cpu = 12; c.max_cpu = 16 })),
-        ("memory 8Gi -> 12Gi", Box::new(|c: &mut VmConfig| c.memory = 12 * GIB)),
-        ("memory 8Gi -> 4Gi (below boot)", Box::new(|c: &mut VmConfig| c.memory = 4 * GIB)),
-        ("maxMemory 32Gi -> 64Gi", Box::new(|c: &mut VmConfig| c.max_memory = 64 * GIB)),
-        ("grow data 100Gi -> 150Gi", Box::new(|c: &mut VmConfig| c.disks[1].size = 150 * GIB)),
-        ("attach logs 10Gi", Box::new(|c: &mut VmConfig| {
-            let mut d = c.disks[1].clone();
-            d.name = "logs".into();
-            d.size = 10 * GIB;
-            c.disks.push(d)
-        })),
-        ("attach cold (not hotpluggable)", Box::new(|c: &mut VmConfig| {
-            let mut d = c.disks[1].clone();
-            d.name = "cold".into();
-            d.hotpluggable = false;
-            c.disks.push(d)
-        })),
-        ("detach data", Box::new(|c: &mut VmConfig| { c.disks.pop(); })),
-        ("remove NIC lan (multus)", Box::new(|c: &mut VmConfig| { c.networks.pop(); })),
-        ("remove NIC default (pod)", Box::new(|c: &mut VmConfig| { c.networks.remove(0); })),
-        ("add NIC mgmt", Box::new(|c: &mut VmConfig| {
-            let mut n = c.networks[1].clone();
-            n.name = "mgmt".into();
-            n.mac = "52:54:00:00:00:03".into();
-            c.networks.push(n)
-        })),
-        ("change MAC of lan", Box::new(|c: &mut VmConfig| c.networks[1].mac = "52:54:00:00:00:09".into())),
+        (
+            "cpu 2 -> 12, maxCpu 16",
+            Box::new(|c: &mut VmConfig| {
+                c.cpu = 12;
+                c.max_cpu = 16
+            }),
+        ),
+        (
+            "memory 8Gi -> 12Gi",
+            Box::new(|c: &mut VmConfig| c.memory = 12 * GIB),
+        ),
+        (
+            "memory 8Gi -> 4Gi (below boot)",
+            Box::new(|c: &mut VmConfig| c.memory = 4 * GIB),
+        ),
+        (
+            "maxMemory 32Gi -> 64Gi",
+            Box::new(|c: &mut VmConfig| c.max_memory = 64 * GIB),
+        ),
+        (
+            "grow data 100Gi -> 150Gi",
+            Box::new(|c: &mut VmConfig| c.disks[1].size = 150 * GIB),
+        ),
+        (
+            "attach logs 10Gi",
+            Box::new(|c: &mut VmConfig| {
+                let mut d = c.disks[1].clone();
+                d.name = "logs".into();
+                d.size = 10 * GIB;
+                c.disks.push(d)
+            }),
+        ),
+        (
+            "attach cold (not hotpluggable)",
+            Box::new(|c: &mut VmConfig| {
+                let mut d = c.disks[1].clone();
+                d.name = "cold".into();
+                d.hotpluggable = false;
+                c.disks.push(d)
+            }),
+        ),
+        (
+            "detach data",
+            Box::new(|c: &mut VmConfig| {
+                c.disks.pop();
+            }),
+        ),
+        (
+            "remove NIC lan (multus)",
+            Box::new(|c: &mut VmConfig| {
+                c.networks.pop();
+            }),
+        ),
+        (
+            "remove NIC default (pod)",
+            Box::new(|c: &mut VmConfig| {
+                c.networks.remove(0);
+            }),
+        ),
+        (
+            "add NIC mgmt",
+            Box::new(|c: &mut VmConfig| {
+                let mut n = c.networks[1].clone();
+                n.name = "mgmt".into();
+                n.mac = "52:54:00:00:00:03".into();
+                c.networks.push(n)
+            }),
+        ),
+        (
+            "change MAC of lan",
+            Box::new(|c: &mut VmConfig| c.networks[1].mac = "52:54:00:00:00:09".into()),
+        ),
     ]
 }
 
@@ -88,7 +136,12 @@ fn table(caps: &Capabilities, boot_memory: u64) -> String {
         let p = plan(&want, &observed, caps, now).unwrap();
         out.push_str(&format!("{name}\n"));
         for s in &p.steps {
-            out.push_str(&format!("  {:8} {} — {}\n", s.mode.to_string(), s.action.describe(), s.reason));
+            out.push_str(&format!(
+                "  {:8} {} — {}\n",
+                s.mode.to_string(),
+                s.action.describe(),
+                s.reason
+            ));
         }
     }
     out
@@ -96,12 +149,25 @@ fn table(caps: &Capabilities, boot_memory: u64) -> String {
 
 #[test]
 fn local_qemu_10() {
-    insta::assert_snapshot!(table(&Capabilities::local(QemuVersion { major: 10, minor: 0 }, Some(6), Some(1)), 8 * GIB));
+    insta::assert_snapshot!(table(
+        &Capabilities::local(
+            QemuVersion {
+                major: 10,
+                minor: 0
+            },
+            Some(6),
+            Some(1)
+        ),
+        8 * GIB
+    ));
 }
 
 #[test]
 fn local_qemu_7_2() {
-    insta::assert_snapshot!(table(&Capabilities::local(QemuVersion { major: 7, minor: 2 }, None, None), 8 * GIB));
+    insta::assert_snapshot!(table(
+        &Capabilities::local(QemuVersion { major: 7, minor: 2 }, None, None),
+        8 * GIB
+    ));
 }
 
 #[test]
@@ -116,8 +182,17 @@ fn kubevirt_booted_below_1gi_has_no_memory_hotplug() {
     have.memory = 512 * MIB;
     let mut want = have.clone();
     want.memory = 2 * GIB;
-    let p = plan(&want, &Observed::running(have), &caps, "2026-11-25T12:00:00Z".parse().unwrap()).unwrap();
+    let p = plan(
+        &want,
+        &Observed::running(have),
+        &caps,
+        "2026-11-25T12:00:00Z".parse().unwrap(),
+    )
+    .unwrap();
     assert_eq!(p.steps.len(), 1);
     assert_eq!(p.steps[0].mode, wukong_planner::Mode::Restart);
-    assert_eq!(p.steps[0].reason, "the VM booted with 512 MiB and memory hotplug needs at least 1 GiB at boot");
+    assert_eq!(
+        p.steps[0].reason,
+        "the VM booted with 512 MiB and memory hotplug needs at least 1 GiB at boot"
+    );
 }

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use wukong_api::quantity::{GIB, MIB};
 use wukong_api::{
-    DiskBus, DiskConfig, FilesystemSpec, FsType, NetworkSource, NicConfig, NicModel,
-    RestartPolicy, RunStrategy, VmConfig,
+    DiskBus, DiskConfig, FilesystemSpec, FsType, NetworkSource, NicConfig, NicModel, RestartPolicy,
+    RunStrategy, VmConfig,
 };
 use wukong_planner::effect::{apply, apply_restart};
 use wukong_planner::{Action, Capabilities, Mode, Observed, QemuVersion, plan};
@@ -50,61 +50,94 @@ fn nic(name: &str, source: u8, mac: u8) -> NicConfig {
 fn pair() -> impl Strategy<Value = (VmConfig, VmConfig)> {
     (
         (1u32..=8, 1u32..=8, 1u32..=16, 1u64..=16, 1u64..=16),
-        prop::collection::vec((any::<bool>(), any::<bool>(), 0u64..4, any::<bool>(), any::<bool>()), 4),
-        prop::collection::vec((any::<bool>(), any::<bool>(), 0u8..3, 0u8..3, any::<bool>()), 3),
+        prop::collection::vec(
+            (
+                any::<bool>(),
+                any::<bool>(),
+                0u64..4,
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            4,
+        ),
+        prop::collection::vec(
+            (any::<bool>(), any::<bool>(), 0u8..3, 0u8..3, any::<bool>()),
+            3,
+        ),
         (any::<bool>(), any::<bool>()),
     )
-        .prop_map(|((c1, c2, maxc, m1, m2), disks, nics, (raise_max_cpu, raise_max_mem))| {
-            let max_cpu = maxc.max(c1);
-            let max_mem = 16 * 256 * MIB;
-            let mut have = VmConfig {
-                cpu: c1.min(max_cpu),
-                memory: m1 * 256 * MIB,
-                max_cpu,
-                max_memory: max_mem,
-                disks: vec![],
-                networks: vec![],
-                run_strategy: RunStrategy::Always,
-                restart_policy: RestartPolicy::Automatic,
-                maintenance_window: None,
-            };
-            let mut want = VmConfig {
-                cpu: c2,
-                memory: m2 * 256 * MIB,
-                max_cpu: if raise_max_cpu { max_cpu.max(c2) + 2 } else { max_cpu.max(c2) },
-                max_memory: if raise_max_mem { max_mem * 2 } else { max_mem },
-                ..have.clone()
-            };
-            for (i, (in_have, in_want, grow, fs, hot)) in disks.into_iter().enumerate() {
-                let name = DISKS[i];
-                let boot = i == 0;
-                let base = 10 + i as u64;
-                if in_have || boot {
-                    have.disks.push(disk(name, base, fs, hot));
+        .prop_map(
+            |((c1, c2, maxc, m1, m2), disks, nics, (raise_max_cpu, raise_max_mem))| {
+                let max_cpu = maxc.max(c1);
+                let max_mem = 16 * 256 * MIB;
+                let mut have = VmConfig {
+                    cpu: c1.min(max_cpu),
+                    memory: m1 * 256 * MIB,
+                    max_cpu,
+                    max_memory: max_mem,
+                    disks: vec![],
+                    networks: vec![],
+                    run_strategy: RunStrategy::Always,
+                    restart_policy: RestartPolicy::Automatic,
+                    maintenance_window: None,
+                };
+                let mut want = VmConfig {
+                    cpu: c2,
+                    memory: m2 * 256 * MIB,
+                    max_cpu: if raise_max_cpu {
+                        max_cpu.max(c2) + 2
+                    } else {
+                        max_cpu.max(c2)
+                    },
+                    max_memory: if raise_max_mem { max_mem * 2 } else { max_mem },
+                    ..have.clone()
+                };
+                for (i, (in_have, in_want, grow, fs, hot)) in disks.into_iter().enumerate() {
+                    let name = DISKS[i];
+                    let boot = i == 0;
+                    let base = 10 + i as u64;
+                    if in_have || boot {
+                        have.disks.push(disk(name, base, fs, hot));
+                    }
+                    if in_want || boot {
+                        let fs_want = fs;
+                        want.disks.push(disk(name, base + grow, fs_want, hot));
+                    }
                 }
-                if in_want || boot {
-                    let fs_want = fs;
-                    want.disks.push(disk(name, base + grow, fs_want, hot));
+                for (i, (in_have, in_want, src, mac, change)) in nics.into_iter().enumerate() {
+                    let name = NICS[i];
+                    if in_have {
+                        have.networks.push(nic(name, src, i as u8));
+                    }
+                    if in_want {
+                        let (src2, mac2) = if change {
+                            (mac, 10 + i as u8)
+                        } else {
+                            (src, i as u8)
+                        };
+                        want.networks.push(nic(name, src2, mac2));
+                    }
                 }
-            }
-            for (i, (in_have, in_want, src, mac, change)) in nics.into_iter().enumerate() {
-                let name = NICS[i];
-                if in_have {
-                    have.networks.push(nic(name, src, i as u8));
-                }
-                if in_want {
-                    let (src2, mac2) = if change { (mac, 10 + i as u8) } else { (src, i as u8) };
-                    want.networks.push(nic(name, src2, mac2));
-                }
-            }
-            (have, want)
-        })
+                (have, want)
+            },
+        )
 }
 
 fn caps_strategy() -> impl Strategy<Value = Capabilities> {
     prop_oneof![
-        Just(Capabilities::local(QemuVersion { major: 10, minor: 0 }, None, Some(2))),
-        Just(Capabilities::local(QemuVersion { major: 7, minor: 2 }, Some(1), None)),
+        Just(Capabilities::local(
+            QemuVersion {
+                major: 10,
+                minor: 0
+            },
+            None,
+            Some(2)
+        )),
+        Just(Capabilities::local(
+            QemuVersion { major: 7, minor: 2 },
+            Some(1),
+            None
+        )),
         Just(Capabilities::kubevirt()),
     ]
 }

@@ -10,8 +10,6 @@ step "format" cargo fmt --all -- --check
 step "lints" cargo clippy --workspace --all-targets --locked -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
     step "tests (nextest)" cargo nextest run --workspace --locked --no-fail-fast
-    # nextest does not run doctests
-    step "doctests" cargo test --workspace --doc --locked
 else
     echo "cargo-nextest not found: running the tests with cargo test" >&2
     step "tests" cargo test --workspace --locked --no-fail-fast

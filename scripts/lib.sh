@@ -27,3 +27,39 @@ ensure_host_packages() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
 }
+
+# The Debian mirror URI of this machine's main apt source (never hard-coded).
+debian_uri() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        awk 'BEGIN{RS=""} /Suites:[^\n]*bookworm([ \n]|$)/ && !/security/ {
+               for (i = 1; i <= NF; i++) if ($i == "URIs:") { print $(i+1); exit } }' "$f"
+    done | head -n1
+    if [ -f /etc/apt/sources.list ]; then
+        awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' /etc/apt/sources.list
+    fi
+}
+
+# QEMU 10 from bookworm-backports (re-adds unplugged vCPUs safely; matches the preinstalled
+# qemu-utils), plus what the guest image build needs. Idempotent.
+ensure_vm_packages() {
+    local major=0
+    if command -v qemu-system-x86_64 >/dev/null; then
+        major=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p')
+    fi
+    if [ "${major:-0}" -lt 10 ]; then
+        local list=/etc/apt/sources.list.d/wukong-backports.sources
+        if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            local uri
+            uri=$(debian_uri | head -n1)
+            [ -n "$uri" ] || { echo "no Debian bookworm apt source found to derive backports from" >&2; return 1; }
+            printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" \
+                | as_root tee "$list" >/dev/null
+        fi
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            -t bookworm-backports qemu-system-x86 qemu-utils
+    fi
+    ensure_host_packages busybox-static cpio kmod e2fsprogs
+}

@@ -93,6 +93,13 @@ pub enum Event {
         /// The waiting steps.
         steps: Vec<Step>,
     },
+    /// Something happened to the VM outside an operation (created, started, QEMU died…).
+    Notice {
+        /// What happened.
+        message: String,
+        /// Whether it is a problem.
+        warning: bool,
+    },
     /// The operation ended.
     Finished {
         /// Operation id.

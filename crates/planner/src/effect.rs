@@ -42,8 +42,7 @@ pub fn apply(vm: &mut Observed, action: &Action) {
                     disk.name.clone(),
                     GuestDiskView {
                         size: disk.size,
-                        filesystem_size: None,
-                        partitioned: false,
+                        ..Default::default()
                     },
                 );
             }

@@ -60,6 +60,15 @@ pub struct GuestDiskView {
     pub filesystem_size: Option<u64>,
     /// Whether the filesystem sits in a partition (then the partition is grown first).
     pub partitioned: bool,
+    /// Device name in the guest (`vdb`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The last partition's device name (`vdb1`), when partitioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Where its filesystem is mounted, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
 }
 
 impl GuestView {
@@ -77,7 +86,8 @@ impl GuestView {
                         GuestDiskView {
                             size: d.size,
                             filesystem_size: d.filesystem.as_ref().map(|_| d.size),
-                            partitioned: false,
+                            mount: d.filesystem.as_ref().map(|f| f.mount_path.clone()),
+                            ..Default::default()
                         },
                     )
                 })

@@ -437,27 +437,33 @@ pub fn plan(
                 "resize the image while attached",
             );
         }
-        let fs_lags = observed
-            .guest
-            .as_ref()
-            .and_then(|g| g.disks.get(&d.name))
+        let guest_disk = observed.guest.as_ref().and_then(|g| g.disks.get(&d.name));
+        let fs_lags = guest_disk
             .and_then(|g| g.filesystem_size)
             .is_some_and(|fs| !filesystem_fills(fs, d.size));
-        let has_fs = h.filesystem.is_some()
-            || observed
-                .guest
-                .as_ref()
-                .and_then(|g| g.disks.get(&d.name))
-                .is_some_and(|g| g.filesystem_size.is_some());
-        if has_fs && (d.size > h.size || fs_lags) {
-            b.push(
+        let has_fs =
+            h.filesystem.is_some() || guest_disk.is_some_and(|g| g.filesystem_size.is_some());
+        match (&d.filesystem, guest_disk) {
+            // The guest shows no mounted filesystem where the spec wants one (a failed
+            // format, a guest reboot): create it if the disk is blank, and mount it (which
+            // also grows it to the disk).
+            (Some(fs), Some(g)) if g.filesystem_size.is_none() => b.push(
+                Action::CreateFilesystem {
+                    disk: d.name.clone(),
+                    filesystem: fs.clone(),
+                },
+                caps.filesystem_grow.clone(),
+                "no filesystem mounted in the guest: format if blank, then mount",
+            ),
+            _ if has_fs && (d.size > h.size || fs_lags) => b.push(
                 Action::GrowFilesystem {
                     disk: d.name.clone(),
                     size: d.size,
                 },
                 caps.filesystem_grow.clone(),
                 "grow the partition and the mounted filesystem online in the guest",
-            );
+            ),
+            _ => {}
         }
         if (d.bus, d.hotpluggable) != (h.bus, h.hotpluggable) {
             b.push(

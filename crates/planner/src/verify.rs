@@ -167,6 +167,7 @@ mod tests {
                 size: 1000 * MIB,
                 filesystem_size: Some(940 * MIB),
                 partitioned: true,
+                ..Default::default()
             },
         );
         assert!(verify(&a, &guest(1, 0), &after).is_err());

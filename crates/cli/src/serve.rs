@@ -1,0 +1,117 @@
+//! `wukong serve`: the local daemon's flags, its guest image, its listeners.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use wukong_local::Home;
+use wukong_local::backend::{LocalOptions, LocalTimeouts};
+use wukong_local::image::GuestImage;
+use wukong_local::machine::{
+    Accel, BootSource, DEFAULT_CMDLINE, DEFAULT_HOTPLUG_PORTS, detect_accel,
+};
+use wukong_local::serve::{Server, TcpListen};
+
+use crate::Failure;
+
+/// Flags of `wukong serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// State directory (database, API socket, VM directories).
+    #[arg(long, env = "WUKONG_HOME")]
+    home: Option<PathBuf>,
+    /// Accelerator: auto picks KVM only where it really works, else TCG.
+    #[arg(long, env = "WUKONG_ACCEL", default_value = "auto")]
+    accel: String,
+    /// Where the default guest image is kept (built on first start if missing).
+    #[arg(long, env = "WUKONG_IMAGE_DIR")]
+    image_dir: Option<PathBuf>,
+    /// Boot your own kernel instead of the default guest's.
+    #[arg(long, requires = "initrd")]
+    kernel: Option<PathBuf>,
+    /// Initramfs for --kernel.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel (keep memhp_default_state=online_movable for live
+    /// memory).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Free PCIe root ports each VM keeps for hot-plugged disks and NICs.
+    #[arg(long, default_value_t = DEFAULT_HOTPLUG_PORTS)]
+    hotplug_ports: u32,
+    /// Take vCPUs offline in the guest instead of unplugging them (what QEMU < 10 needs).
+    #[arg(long, env = "WUKONG_GUEST_OFFLINE_CPUS")]
+    guest_offline_cpus: bool,
+    /// Also listen on this loopback TCP address (needs --token-file).
+    #[arg(long, requires = "token_file")]
+    listen: Option<SocketAddr>,
+    /// File holding the bearer token for --listen.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
+    let home = a.home.map(Home::at).unwrap_or_else(Home::from_env);
+    let accel = match a.accel.as_str() {
+        "auto" => detect_accel(),
+        other => other.parse::<Accel>().map_err(Failure::Invalid)?,
+    };
+    let boot = match a.kernel {
+        Some(kernel) => BootSource {
+            kernel,
+            initrd: a.initrd,
+            cmdline: a.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+        },
+        None => {
+            let dir = crate::remote::image_dir(a.image_dir);
+            match GuestImage::existing(&dir) {
+                Some(img) => img.boot_source(),
+                None => {
+                    eprintln!("building the default guest image in {} …", dir.display());
+                    let (img, report) = wukong_local::image::build(&dir)
+                        .await
+                        .map_err(|e| Failure::Failed(e.to_string()))?;
+                    eprintln!("{report}");
+                    img.boot_source()
+                }
+            }
+        }
+    };
+    wukong_local::process::check_tools().map_err(|e| Failure::Failed(e.to_string()))?;
+    let tcp = match (a.listen, a.token_file) {
+        (Some(addr), Some(f)) => Some(TcpListen {
+            addr,
+            token: std::fs::read_to_string(&f)
+                .map_err(|e| Failure::Invalid(format!("--token-file {}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+        }),
+        _ => None,
+    };
+    let options = LocalOptions {
+        accel,
+        boot,
+        hotplug_ports: a.hotplug_ports,
+        force_guest_offline: a.guest_offline_cpus,
+        timeouts: LocalTimeouts::default(),
+    };
+    let server = Server::bind(home.clone(), options, tcp)
+        .await
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    eprintln!(
+        "wukong daemon: serving {} (accelerator {accel}); VMs keep running when it stops",
+        home.api_socket().display()
+    );
+    server
+        .run(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await
+        .map_err(|e| Failure::Failed(e.to_string()))
+}

@@ -1,0 +1,633 @@
+//! The daemon's HTTP API, shaped like Kubernetes' (contract: `docs/api.yaml`). Served on a
+//! unix socket (0600) in `WUKONG_HOME`; on TCP only on loopback and only with a bearer token.
+//! Handlers translate requests into store writes and worker commands; nothing else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wukong_api::document::parse_value;
+use wukong_api::merge::merge_spec;
+use wukong_api::validate::validate_for_backend;
+use wukong_api::{BackendKind, ErrorKind, FieldErrors, resolve, resolve_new};
+use wukong_engine::{Backend, VmRef};
+use wukong_planner::PlanDocument;
+
+use crate::daemon::{Command, Daemon, desired_config, new_record};
+use crate::machine::VmFiles;
+use crate::store::{StoreError, VmRecord};
+
+/// Path prefix of the resource.
+pub const PREFIX: &str = "/apis/vm.novasphere.dev/v1alpha1";
+
+/// An API error: a Kubernetes-style `Status` body.
+#[derive(Debug)]
+pub struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+    causes: Vec<(String, String)>,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            causes: vec![],
+        }
+    }
+    fn not_found(vm: &VmRef) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("wukong {vm} not found"),
+        )
+    }
+    fn fields(e: FieldErrors) -> Self {
+        let (code, reason) = match e.kind() {
+            ErrorKind::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            ErrorKind::NotAllowed => (StatusCode::FORBIDDEN, "NotAllowed"),
+        };
+        ApiError {
+            code,
+            reason,
+            message: e.to_string(),
+            causes: e
+                .0
+                .iter()
+                .map(|f| (f.field.clone(), f.reason.clone()))
+                .collect(),
+        }
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Conflict(..) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            StoreError::Exists(_) => {
+                Self::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string())
+            }
+            StoreError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
+            _ => Self::internal(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Status",
+            "status": "Failure",
+            "code": self.code.as_u16(),
+            "reason": self.reason,
+            "message": self.message,
+            "details": {"causes": self.causes.iter().map(|(f, m)| json!({"field": f, "message": m})).collect::<Vec<_>>()},
+        });
+        (self.code, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn json_response(code: StatusCode, v: &impl serde::Serialize, seq: u64) -> Response {
+    let mut r = (
+        code,
+        axum::Json(serde_json::to_value(v).unwrap_or_default()),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert("x-wukong-seq", HeaderValue::from(seq));
+    r
+}
+
+fn latest_seq(d: &Daemon) -> u64 {
+    d.backend
+        .store()
+        .events(None, 0, 1)
+        .ok()
+        .and_then(|v| v.last().map(|e| e.seq))
+        .unwrap_or(0)
+}
+
+/// The router of the API.
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    let one = format!("{PREFIX}/namespaces/{{ns}}/wukongs/{{name}}");
+    Router::new()
+        .route(&format!("{PREFIX}/wukongs"), get(list_all))
+        .route(
+            &format!("{PREFIX}/namespaces/{{ns}}/wukongs"),
+            get(list).post(create),
+        )
+        .route(&one, get(read).patch(patch).delete(delete))
+        .route(&format!("{one}/plan"), post(plan))
+        .route(&format!("{one}/start"), post(start))
+        .route(&format!("{one}/stop"), post(stop))
+        .route(&format!("{one}/restart"), post(restart))
+        .route(&format!("{one}/exec"), post(exec))
+        .route(&format!("{one}/logs"), get(logs))
+        .route(&format!("{one}/events"), get(events))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(daemon)
+}
+
+/// Requires `Authorization: Bearer TOKEN` (for the TCP listener).
+pub fn with_token(router: Router, token: String) -> Router {
+    let token = Arc::new(token);
+    router.layer(middleware::from_fn(move |req: Request, next: Next| {
+        let token = token.clone();
+        async move {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+            if ok {
+                next.run(req).await
+            } else {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "a bearer token is required",
+                )
+                .into_response()
+            }
+        }
+    }))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn list_body(items: Vec<VmRecord>) -> Value {
+    json!({
+        "apiVersion": "vm.novasphere.dev/v1alpha1",
+        "kind": "WukongList",
+        "items": items.into_iter().map(|r| r.object).collect::<Vec<_>>(),
+    })
+}
+
+async fn list_all(State(d): State<Arc<Daemon>>) -> ApiResult {
+    Ok(json_response(
+        StatusCode::OK,
+        &list_body(d.backend.store().list(None)?),
+        latest_seq(&d),
+    ))
+}
+
+async fn list(State(d): State<Arc<Daemon>>, Path(ns): Path<String>) -> ApiResult {
+    Ok(json_response(
+        StatusCode::OK,
+        &list_body(d.backend.store().list(Some(&ns))?),
+        latest_seq(&d),
+    ))
+}
+
+fn get_record(d: &Daemon, vm: &VmRef) -> Result<VmRecord, ApiError> {
+    d.backend
+        .store()
+        .get(vm)?
+        .ok_or_else(|| ApiError::not_found(vm))
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    watch: Option<bool>,
+}
+
+async fn read(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<WatchQuery>,
+) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    let rec = get_record(&d, &vm)?;
+    if q.watch != Some(true) {
+        return Ok(json_response(StatusCode::OK, &rec.object, latest_seq(&d)));
+    }
+    // Watch: the object now, then again after each event about it.
+    let rx = d.events.subscribe();
+    let first = json!({"type": "ADDED", "object": rec.object});
+    let store = d.backend.store().clone();
+    let stream = futures_util::stream::once(async move { first })
+        .chain(tokio_stream_of(rx).filter_map(move |e| {
+            let store = store.clone();
+            let vm = vm.clone();
+            async move {
+                if e.vm != vm {
+                    return None;
+                }
+                match store.get(&vm).ok()? {
+                    Some(r) => Some(json!({"type": "MODIFIED", "object": r.object})),
+                    None => Some(json!({"type": "DELETED", "object": {"metadata": {"name": vm.name, "namespace": vm.namespace}}})),
+                }
+            }
+        }))
+        .map(|v| Ok::<_, std::convert::Infallible>(Bytes::from(format!("{v}\n"))));
+    Ok(ndjson(Body::from_stream(stream)))
+}
+
+fn ndjson(body: Body) -> Response {
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+fn tokio_stream_of(
+    rx: tokio::sync::broadcast::Receiver<crate::store::StoredEvent>,
+) -> impl futures_util::Stream<Item = crate::store::StoredEvent> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => return Some((e, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+async fn create(State(d): State<Arc<Daemon>>, Path(ns): Path<String>, body: Bytes) -> ApiResult {
+    let mut value = parse_body(&body)?;
+    value["metadata"]["namespace"] = json!(ns);
+    let doc = parse_value(value).map_err(ApiError::fields)?;
+    let name = doc.wukong.metadata.name.clone().unwrap_or_default();
+    let vm = VmRef::new(&ns, &name);
+    let (config, pinned) = resolve_new(&name, &doc.wukong.spec, BackendKind::Local, d.limits)
+        .map_err(ApiError::fields)?;
+    let mut object = doc.wukong;
+    object.status = None;
+    let rec = d
+        .backend
+        .store()
+        .create(new_record(object, &config, pinned))?;
+    let seq = latest_seq(&d);
+    d.notice(&vm, "created".into(), false);
+    d.ensure_worker(&rec);
+    Ok(json_response(StatusCode::CREATED, &rec.object, seq))
+}
+
+/// The record's spec after applying `patch` (a Wukong document, possibly partial), checked as
+/// a whole and against what the VM has.
+fn patched(d: &Daemon, rec: &VmRecord, patch: &Value) -> Result<wukong_api::WukongSpec, ApiError> {
+    if let Some(k) = patch.get("kind").and_then(Value::as_str)
+        && k != "Wukong"
+    {
+        return Err(ApiError::fields(FieldErrors(vec![
+            wukong_api::FieldError::invalid("kind", format!("'{k}' is not Wukong")),
+        ])));
+    }
+    let spec_patch = patch.get("spec").cloned().unwrap_or(json!({}));
+    let merged = merge_spec(&rec.object.spec, &spec_patch).map_err(ApiError::fields)?;
+    validate_for_backend(&merged, BackendKind::Local).map_err(ApiError::fields)?;
+    let name = rec.object.metadata.name.clone().unwrap_or_default();
+    let config = resolve(&name, &merged, &rec.pinned).map_err(ApiError::fields)?;
+    if config.max_cpu > d.limits.max_cpu || config.max_memory > d.limits.max_memory {
+        return Err(ApiError::fields(FieldErrors(vec![
+            wukong_api::FieldError::invalid(
+                "spec.maxCpu",
+                format!(
+                    "the host allows at most {} vCPUs and {} per VM",
+                    d.limits.max_cpu,
+                    wukong_api::Quantity::from_bytes(d.limits.max_memory)
+                ),
+            ),
+        ])));
+    }
+    wukong_planner::plan::check_allowed(&config, &rec.definition)
+        .map_err(|e| ApiError::fields(e.0))?;
+    Ok(merged)
+}
+
+async fn patch(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    let patch = parse_body(&body)?;
+    let expect = patch["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_string);
+    let seq = latest_seq(&d);
+    let rec = d
+        .backend
+        .store()
+        .update::<ApiError>(&vm, expect.as_deref(), |r| {
+            let merged = patched(&d, r, &patch)?;
+            if merged != r.object.spec {
+                r.object.spec = merged;
+                r.object.metadata.generation = Some(r.object.metadata.generation.unwrap_or(1) + 1);
+            }
+            Ok(())
+        })?;
+    d.ensure_worker(&rec);
+    Ok(json_response(StatusCode::OK, &rec.object, seq))
+}
+
+async fn plan(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    let rec = get_record(&d, &vm)?;
+    let merged = patched(&d, &rec, &parse_body(&body)?)?;
+    let mut preview = rec.clone();
+    preview.object.spec = merged;
+    let desired = desired_config(&preview).map_err(ApiError::fields)?;
+    let observed = d.backend.observe(&vm).await.map_err(ApiError::internal)?;
+    let caps = d
+        .backend
+        .capabilities(&vm, &observed)
+        .await
+        .map_err(ApiError::internal)?;
+    let p = wukong_planner::plan(&desired, &observed, &caps, jiff::Timestamp::now())
+        .map_err(|e| ApiError::fields(e.0))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &PlanDocument::new(&name, BackendKind::Local, &p),
+        latest_seq(&d),
+    ))
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(rename = "deleteDisks")]
+    delete_disks: Option<bool>,
+}
+
+async fn delete(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    let rec = get_record(&d, &vm)?;
+    d.remove_worker(&vm).await;
+    d.backend.stop(&vm).await.map_err(ApiError::internal)?;
+    let dir = d.backend.dir(&vm);
+    let keep_disks = !q.delete_disks.unwrap_or(false);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if keep_disks && e.file_name() == "disks" {
+                continue;
+            }
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+    if !keep_disks {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    d.backend.store().delete(&vm)?;
+    d.notice(
+        &vm,
+        if keep_disks {
+            format!(
+                "deleted; disk images kept in {}",
+                dir.join("disks").display()
+            )
+        } else {
+            "deleted with its disk images".into()
+        },
+        false,
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "Status", "status": "Success", "details": {"name": name, "disksKept": keep_disks, "object": rec.object.metadata}}),
+        latest_seq(&d),
+    ))
+}
+
+async fn lifecycle(d: Arc<Daemon>, ns: String, name: String, cmd: Command) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    get_record(&d, &vm)?;
+    let seq = latest_seq(&d);
+    let message = d
+        .command(&vm, cmd)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "OperationFailed", e))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "Status", "status": "Success", "message": message}),
+        seq,
+    ))
+}
+
+/// `start` / `stop` follow KubeVirt: under runStrategy Always/Halted they change the
+/// runStrategy (a spec change); under Manual, Once and RerunOnFailure they act directly.
+async fn start(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult {
+    if switch_strategy(
+        &d,
+        &ns,
+        &name,
+        wukong_api::RunStrategy::Halted,
+        wukong_api::RunStrategy::Always,
+    )? {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "Status", "status": "Success", "message": "runStrategy set to Always"}),
+            latest_seq(&d),
+        ));
+    }
+    lifecycle(d, ns, name, Command::Start).await
+}
+
+async fn stop(State(d): State<Arc<Daemon>>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
+    if switch_strategy(
+        &d,
+        &ns,
+        &name,
+        wukong_api::RunStrategy::Always,
+        wukong_api::RunStrategy::Halted,
+    )? {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "Status", "status": "Success", "message": "runStrategy set to Halted"}),
+            latest_seq(&d),
+        ));
+    }
+    lifecycle(d, ns, name, Command::Stop).await
+}
+
+fn switch_strategy(
+    d: &Arc<Daemon>,
+    ns: &str,
+    name: &str,
+    from: wukong_api::RunStrategy,
+    to: wukong_api::RunStrategy,
+) -> Result<bool, ApiError> {
+    let vm = VmRef::new(ns, name);
+    let rec = get_record(d, &vm)?;
+    if rec.object.spec.run_strategy.unwrap_or_default() != from {
+        return Ok(false);
+    }
+    let rec = d.backend.store().update::<StoreError>(&vm, None, |r| {
+        r.object.spec.run_strategy = Some(to);
+        r.object.metadata.generation = Some(r.object.metadata.generation.unwrap_or(1) + 1);
+        Ok(())
+    })?;
+    d.ensure_worker(&rec);
+    Ok(true)
+}
+
+async fn restart(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult {
+    lifecycle(d, ns, name, Command::Restart).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecBody {
+    command: Vec<String>,
+    timeout_seconds: Option<u64>,
+}
+
+async fn exec(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    get_record(&d, &vm)?;
+    let b: ExecBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("exec body: {e}"),
+        )
+    })?;
+    if b.command.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "command: must not be empty",
+        ));
+    }
+    let out = d
+        .backend
+        .exec(
+            &vm,
+            &b.command,
+            Duration::from_secs(b.timeout_seconds.unwrap_or(60)),
+        )
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "GuestUnavailable", e.to_string()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"exitCode": out.code, "stdout": out.out(), "stderr": String::from_utf8_lossy(&out.stderr)}),
+        latest_seq(&d),
+    ))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    get_record(&d, &vm)?;
+    let text = std::fs::read(VmFiles::console(&d.backend.dir(&vm))).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(q.tail.unwrap_or(lines.len()));
+    let mut r = Response::new(Body::from(lines[from..].join("\n") + "\n"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+    limit: Option<usize>,
+    watch: Option<bool>,
+}
+
+async fn events(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<EventsQuery>,
+    _headers: HeaderMap,
+) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    let since = q.since.unwrap_or(0);
+    let rx = d.events.subscribe();
+    let past = d
+        .backend
+        .store()
+        .events(Some(&vm), since, q.limit.unwrap_or(200))?;
+    if q.watch != Some(true) {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "EventList", "items": past}),
+            latest_seq(&d),
+        ));
+    }
+    let last = past.last().map_or(since, |e| e.seq);
+    let live = tokio_stream_of(rx).filter(move |e| {
+        let keep = e.vm == vm && (e.seq == 0 || e.seq > last);
+        async move { keep }
+    });
+    let stream = futures_util::stream::iter(past).chain(live).map(|e| {
+        Ok::<_, std::convert::Infallible>(Bytes::from(format!(
+            "{}\n",
+            serde_json::to_string(&e).unwrap_or_default()
+        )))
+    });
+    Ok(ndjson(Body::from_stream(stream)))
+}

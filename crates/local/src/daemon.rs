@@ -1,0 +1,403 @@
+//! The local control plane: one worker per VM converges what QEMU runs to the desired spec
+//! through the engine, one operation at a time per VM (VMs in parallel); lifecycle commands
+//! (start, stop, restart) go through the same worker; every event is journaled in the store
+//! and broadcast to watchers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use wukong_api::config::HostLimits;
+use wukong_api::{Pinned, RunStrategy, VmConfig, resolve};
+use wukong_engine::{
+    Backend, BackendError, Desired, Engine, Event, EventSink, Journal, Timeouts, VmRef,
+};
+
+use crate::backend::LocalBackend;
+use crate::status;
+use crate::store::{StoreError, StoredEvent, VmRecord, record_ref};
+
+/// A lifecycle command for a VM's worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Start (Manual/Once VMs; others follow runStrategy).
+    Start,
+    /// Stop.
+    Stop,
+    /// Restart, applying the changes that wait for one.
+    Restart,
+}
+
+struct Worker {
+    desired: watch::Sender<Desired>,
+    nudge: Arc<Notify>,
+    commands: mpsc::Sender<(Command, oneshot::Sender<Result<String, String>>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    /// The backend.
+    pub backend: Arc<LocalBackend>,
+    /// What one VM may have at most on this host.
+    pub limits: HostLimits,
+    /// Every journaled event, for watchers.
+    pub events: broadcast::Sender<StoredEvent>,
+    workers: Mutex<HashMap<VmRef, Worker>>,
+    /// How often a worker re-checks its VM when nothing happens.
+    pub tick: Duration,
+    /// Engine timeouts.
+    pub engine_timeouts: Timeouts,
+}
+
+/// Host limits: vCPUs up to 8 per host core (TCG runs them as threads), memory up to three
+/// quarters of the host's.
+pub fn host_limits() -> HostLimits {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4 * 1024 * 1024);
+    let max_memory = mem_kib * 1024 / 4 * 3;
+    HostLimits {
+        max_cpu: (cores * 8).max(8),
+        max_memory: max_memory - max_memory % (2 << 20),
+    }
+}
+
+/// The desired configuration of a record, with runStrategy `Once` turned into `Manual` after
+/// the first start.
+pub fn desired_config(rec: &VmRecord) -> Result<VmConfig, wukong_api::FieldErrors> {
+    let vm = record_ref(rec);
+    let mut cfg = resolve(&vm.name, &rec.object.spec, &rec.pinned)?;
+    if cfg.run_strategy == RunStrategy::Once
+        && rec
+            .object
+            .status
+            .as_ref()
+            .and_then(|s| s.boot_cpu)
+            .is_some()
+    {
+        cfg.run_strategy = RunStrategy::Manual;
+    }
+    if rec.stopped_by_user && cfg.run_strategy == RunStrategy::RerunOnFailure {
+        cfg.run_strategy = RunStrategy::Manual;
+    }
+    Ok(cfg)
+}
+
+/// The journal and event sink of one daemon: durable events, status kept current.
+struct Recorder {
+    daemon: Arc<Daemon>,
+}
+
+impl Journal for Recorder {
+    fn record(&self, vm: &VmRef, event: &Event) -> Result<(), String> {
+        let stored = self
+            .daemon
+            .backend
+            .store()
+            .append_event(vm, event)
+            .map_err(|e| e.to_string())?;
+        let _ = self
+            .daemon
+            .backend
+            .store()
+            .update::<StoreError>(vm, None, |r| {
+                status::apply_event(r.object.status.get_or_insert_with(Default::default), event);
+                Ok(())
+            });
+        let _ = self.daemon.events.send(stored);
+        Ok(())
+    }
+}
+
+impl EventSink for Recorder {
+    fn emit(&self, vm: &VmRef, event: &Event) {
+        // Journaled events were broadcast by `record`; progress is only broadcast.
+        if let Event::StepProgress { .. } = event {
+            let _ = self
+                .daemon
+                .backend
+                .store()
+                .update::<StoreError>(vm, None, |r| {
+                    status::apply_event(
+                        r.object.status.get_or_insert_with(Default::default),
+                        event,
+                    );
+                    Ok(())
+                });
+            let _ = self.daemon.events.send(StoredEvent {
+                seq: 0,
+                time: jiff::Timestamp::now().to_string(),
+                vm: vm.clone(),
+                event: event.clone(),
+            });
+        }
+    }
+}
+
+impl Daemon {
+    /// A daemon over `backend`.
+    pub fn new(backend: Arc<LocalBackend>, limits: HostLimits) -> Arc<Daemon> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Daemon {
+            backend,
+            limits,
+            events,
+            workers: Mutex::new(HashMap::new()),
+            tick: Duration::from_secs(5),
+            engine_timeouts: Timeouts::default(),
+        })
+    }
+
+    /// Journals a notice about `vm`.
+    pub fn notice(self: &Arc<Self>, vm: &VmRef, message: String, warning: bool) {
+        let r = Recorder {
+            daemon: self.clone(),
+        };
+        let _ = r.record(vm, &Event::Notice { message, warning });
+    }
+
+    /// Starts a worker for every stored VM (after a daemon restart: re-attach, reconcile).
+    pub fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let records = self.backend.store().list(None)?;
+        for rec in &records {
+            self.ensure_worker(rec);
+        }
+        Ok(records.len())
+    }
+
+    /// Makes sure `rec`'s VM has a worker, and tells it the desired state changed.
+    pub fn ensure_worker(self: &Arc<Self>, rec: &VmRecord) {
+        let vm = record_ref(rec);
+        let Ok(config) = desired_config(rec) else {
+            return;
+        };
+        let desired = Desired {
+            generation: rec.object.metadata.generation.unwrap_or(1),
+            config,
+        };
+        let mut workers = self.workers.lock().expect("workers");
+        if let Some(w) = workers.get(&vm)
+            && !w.task.is_finished()
+        {
+            // Only a new generation re-plans a running operation.
+            w.desired.send_if_modified(|d| {
+                let changed = d.generation != desired.generation || d.config != desired.config;
+                *d = desired;
+                changed
+            });
+            w.nudge.notify_one();
+            return;
+        }
+        let (tx, rx) = watch::channel(desired);
+        let nudge = Arc::new(Notify::new());
+        let (ctx, crx) = mpsc::channel(8);
+        let task = tokio::spawn(self.clone().work(vm.clone(), rx, nudge.clone(), crx));
+        workers.insert(
+            vm,
+            Worker {
+                desired: tx,
+                nudge,
+                commands: ctx,
+                task,
+            },
+        );
+    }
+
+    /// Sends a lifecycle command to the VM's worker and waits for its answer.
+    pub async fn command(self: &Arc<Self>, vm: &VmRef, cmd: Command) -> Result<String, String> {
+        let sender = {
+            let workers = self.workers.lock().expect("workers");
+            workers.get(vm).map(|w| w.commands.clone())
+        };
+        let sender = sender.ok_or_else(|| format!("{vm} not found"))?;
+        let (tx, rx) = oneshot::channel();
+        sender
+            .send((cmd, tx))
+            .await
+            .map_err(|_| "the VM's worker stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the VM's worker stopped".to_string())?
+    }
+
+    /// Stops and forgets the VM's worker (before deletion).
+    pub async fn remove_worker(&self, vm: &VmRef) {
+        let w = self.workers.lock().expect("workers").remove(vm);
+        if let Some(w) = w {
+            w.task.abort();
+            let _ = w.task.await;
+        }
+    }
+
+    async fn work(
+        self: Arc<Self>,
+        vm: VmRef,
+        mut desired: watch::Receiver<Desired>,
+        nudge: Arc<Notify>,
+        mut commands: mpsc::Receiver<(Command, oneshot::Sender<Result<String, String>>)>,
+    ) {
+        let recorder = Recorder {
+            daemon: self.clone(),
+        };
+        let mut was_running: Option<bool> = None;
+        let mut op_seq: u64 = 0;
+        loop {
+            let Ok(Some(rec)) = self.backend.store().get(&vm) else {
+                return;
+            };
+            let running = self.backend.is_running(&vm);
+            if was_running == Some(true) && !running {
+                self.notice(
+                    &vm,
+                    "QEMU exited unexpectedly; the VM is started again if its runStrategy says so"
+                        .into(),
+                    true,
+                );
+            }
+            op_seq += 1;
+            let op = format!("{}-{}", rec.object.metadata.generation.unwrap_or(1), op_seq);
+            let engine = Engine {
+                backend: self.backend.as_ref(),
+                journal: &recorder,
+                events: &recorder,
+                timeouts: self.engine_timeouts,
+            };
+            let outcome = engine.converge(&vm, &op, &mut desired).await;
+            self.after_operation(&vm, outcome, &engine).await;
+            was_running = Some(self.backend.is_running(&vm));
+            tokio::select! {
+                _ = desired.changed() => {}
+                _ = nudge.notified() => {}
+                Some((cmd, reply)) = commands.recv() => {
+                    let r = self.run_command(&vm, cmd, &recorder).await;
+                    was_running = Some(self.backend.is_running(&vm));
+                    let _ = reply.send(r);
+                }
+                _ = tokio::time::sleep(self.tick) => {}
+            }
+        }
+    }
+
+    async fn after_operation(
+        &self,
+        vm: &VmRef,
+        outcome: Result<wukong_engine::OperationReport, wukong_engine::EngineError>,
+        engine: &Engine<'_, LocalBackend, Recorder, Recorder>,
+    ) {
+        let observed = engine.backend.observe(vm).await;
+        let _ = self.backend.store().update::<StoreError>(vm, None, |r| {
+            let generation = r.object.metadata.generation;
+            let st = r.object.status.get_or_insert_with(Default::default);
+            if let Ok(o) = &observed {
+                status::observe_into(st, o, generation);
+            }
+            match &outcome {
+                Ok(report) => status::report_into(st, report),
+                Err(e) => status::set_condition(
+                    &mut st.conditions,
+                    "Degraded",
+                    true,
+                    "CannotConverge",
+                    &e.to_string(),
+                    generation,
+                ),
+            }
+            Ok(())
+        });
+    }
+
+    async fn run_command(
+        &self,
+        vm: &VmRef,
+        cmd: Command,
+        recorder: &Recorder,
+    ) -> Result<String, String> {
+        let b = &self.backend;
+        let result = match cmd {
+            Command::Start => {
+                let _ = b.store().update::<StoreError>(vm, None, |r| {
+                    r.stopped_by_user = false;
+                    Ok(())
+                });
+                b.start(vm)
+                    .await
+                    .map(|t| format!("started; guest agent ready after {:.1} s", t.as_secs_f64()))
+            }
+            Command::Stop => {
+                let _ = b.store().update::<StoreError>(vm, None, |r| {
+                    r.stopped_by_user = true;
+                    Ok(())
+                });
+                b.stop(vm).await.map(|how| format!("stopped ({how:?})"))
+            }
+            Command::Restart => {
+                let rec = b
+                    .store()
+                    .get(vm)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("gone")?;
+                let desired = desired_config(&rec).map_err(|e| e.to_string())?;
+                let _ = recorder.record(
+                    vm,
+                    &Event::Notice {
+                        message: "restart requested: pending changes are applied".into(),
+                        warning: false,
+                    },
+                );
+                b.restart(vm, &desired, &[])
+                    .await
+                    .map(|()| "restarted into the desired spec".to_string())
+            }
+        };
+        let _ = recorder.record(
+            vm,
+            &Event::Notice {
+                message: match &result {
+                    Ok(m) => m.clone(),
+                    Err(e) => e.to_string(),
+                },
+                warning: result.is_err(),
+            },
+        );
+        result.map_err(|e: BackendError| e.to_string())
+    }
+}
+
+/// A new record for a VM being created.
+pub fn new_record(mut object: wukong_api::Wukong, config: &VmConfig, pinned: Pinned) -> VmRecord {
+    object
+        .metadata
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    object.metadata.generation = Some(1);
+    object.metadata.uid = Some(format!("{:032x}", rand::random::<u128>()));
+    object.metadata.creation_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    object.spec = config.to_spec();
+    object.status = Some(wukong_api::WukongStatus {
+        phase: Some(wukong_api::Phase::Pending),
+        max_cpu: Some(pinned.max_cpu),
+        max_memory: Some(wukong_api::Quantity::from_bytes(pinned.max_memory)),
+        boot_disk: pinned.boot_disk.clone(),
+        ..Default::default()
+    });
+    VmRecord {
+        object,
+        pinned,
+        definition: config.clone(),
+        boot_memory: config.memory,
+        vcpu_creations: 0,
+        ports: Default::default(),
+        ports_total: 0,
+        stopped_by_user: false,
+    }
+}

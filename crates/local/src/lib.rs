@@ -1,0 +1,21 @@
+//! The local backend: VMs on this host, run by QEMU (QMP + guest agent), described by
+//! `Wukong` objects kept in an embedded database, served by `wukong serve`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod backend;
+pub mod client;
+pub mod daemon;
+pub mod image;
+pub mod machine;
+pub mod paths;
+pub mod process;
+pub mod qga;
+pub mod qmp;
+pub mod serve;
+pub mod status;
+pub mod store;
+
+pub use backend::{LocalBackend, LocalOptions, LocalTimeouts};
+pub use paths::Home;
+pub use store::{Store, VmRecord};

@@ -1,0 +1,237 @@
+//! The QEMU process of a VM: start it (daemonized, so it outlives the daemon), find it again
+//! from its pid file, stop it (guest shutdown, then QMP quit, then kill).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use wukong_engine::BackendError;
+
+use crate::machine::VmFiles;
+use crate::qga::Qga;
+use crate::qmp::Qmp;
+
+/// The QEMU binary: `WUKONG_QEMU`, else `qemu-system-x86_64` on PATH.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("WUKONG_QEMU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+/// The one line that installs what the local backend needs on Debian 12.
+pub const INSTALL_HINT: &str = "install QEMU 10 and the image tools: `bash scripts/setup.sh` (adds bookworm-backports, installs qemu-system-x86 qemu-utils busybox-static cpio kmod)";
+
+/// Checks that QEMU and qemu-img can run, with the install line when not.
+pub fn check_tools() -> Result<(), BackendError> {
+    for tool in [qemu_binary(), PathBuf::from("qemu-img")] {
+        let ok = std::process::Command::new(&tool)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(BackendError::Failed(format!(
+                "{} is not installed: {INSTALL_HINT}",
+                tool.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The pid of the VM's QEMU, if it runs (pid file present, process alive, and it is QEMU
+/// with this VM's directory on its command line, not a recycled pid).
+pub fn running_pid(dir: &Path) -> Option<Pid> {
+    let text = std::fs::read_to_string(VmFiles::pid(dir)).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let needle = VmFiles::qmp(dir);
+    let needle = needle.to_string_lossy();
+    let cmd = String::from_utf8_lossy(&cmdline);
+    (cmd.contains(needle.as_ref())).then_some(Pid::from_raw(pid))
+}
+
+/// Starts QEMU with `args` (which daemonize it). Errors carry QEMU's own message.
+pub async fn spawn(dir: &Path, args: &[String]) -> Result<Pid, BackendError> {
+    for f in [VmFiles::qmp(dir), VmFiles::qga(dir), VmFiles::pid(dir)] {
+        let _ = std::fs::remove_file(f);
+    }
+    let log = std::fs::File::create(VmFiles::qemu_log(dir))
+        .map_err(|e| BackendError::Failed(format!("{}: {e}", dir.display())))?;
+    let out = tokio::process::Command::new(qemu_binary())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .map_err(|e| {
+            BackendError::Failed(format!(
+                "cannot run {}: {e}; {INSTALL_HINT}",
+                qemu_binary().display()
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(BackendError::Failed(format!(
+            "QEMU did not start: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    for f in [VmFiles::qmp(dir), VmFiles::qga(dir)] {
+        let _ = crate::paths::owner_only(&f);
+    }
+    running_pid(dir).ok_or_else(|| BackendError::Failed("QEMU started but left no pid".into()))
+}
+
+/// Waits until the guest agent answers, up to `timeout`.
+pub async fn wait_for_agent(dir: &Path, timeout: Duration) -> Result<Duration, BackendError> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        if running_pid(dir).is_none() {
+            return Err(BackendError::Failed(format!(
+                "QEMU exited while booting; see `wukong logs` ({})",
+                VmFiles::console(dir).display()
+            )));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(BackendError::Timeout {
+                what: "the guest agent after boot".into(),
+                after: timeout,
+            });
+        }
+        // Each attempt is itself bounded: an agent that is not up yet leaves the sync
+        // unanswered.
+        let attempt = left.min(Duration::from_secs(2));
+        match Qga::connect(&VmFiles::qga(dir), attempt).await {
+            Ok(_) => return Ok(started.elapsed()),
+            Err(BackendError::Unreachable(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Waits for the process to exit, up to `timeout`.
+async fn wait_exit(dir: &Path, pid: Pid, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if running_pid(dir) != Some(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running_pid(dir) != Some(pid)
+}
+
+/// How a stop went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopPath {
+    /// It was not running.
+    NotRunning,
+    /// The guest powered off when asked through its agent.
+    GuestShutdown,
+    /// QEMU quit when told through QMP.
+    Quit,
+    /// QEMU was killed.
+    Killed,
+}
+
+/// Stops the VM: the guest agent's shutdown (`grace`), then QMP `quit`, then SIGKILL.
+pub async fn stop(dir: &Path, grace: Duration) -> Result<StopPath, BackendError> {
+    let Some(pid) = running_pid(dir) else {
+        return Ok(StopPath::NotRunning);
+    };
+    if !grace.is_zero()
+        && let Ok(qga) = Qga::connect(&VmFiles::qga(dir), Duration::from_secs(2)).await
+    {
+        let _ = qga.shutdown(Duration::from_secs(2)).await;
+        drop(qga);
+        if wait_exit(dir, pid, grace).await {
+            return Ok(StopPath::GuestShutdown);
+        }
+    }
+    if let Ok(qmp) = Qmp::connect(&VmFiles::qmp(dir), Duration::from_secs(2)).await {
+        let _ = qmp.quit().await;
+        drop(qmp);
+        if wait_exit(dir, pid, Duration::from_secs(5)).await {
+            return Ok(StopPath::Quit);
+        }
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    if wait_exit(dir, pid, Duration::from_secs(5)).await {
+        Ok(StopPath::Killed)
+    } else {
+        Err(BackendError::Failed(format!(
+            "QEMU (pid {pid}) does not exit"
+        )))
+    }
+}
+
+/// Creates a sparse qcow2 image of `size` bytes, or grows an existing one to it (never
+/// shrinks).
+pub async fn ensure_disk_image(path: &Path, size: u64) -> Result<(), BackendError> {
+    if let Some(parent) = path.parent() {
+        crate::paths::private_dir(parent).map_err(|e| BackendError::Failed(e.to_string()))?;
+    }
+    let args: Vec<String> = if path.exists() {
+        let current = image_size(path).await?;
+        if current >= size {
+            return Ok(());
+        }
+        vec![
+            "resize".into(),
+            "-f".into(),
+            "qcow2".into(),
+            path.to_string_lossy().into(),
+            size.to_string(),
+        ]
+    } else {
+        vec![
+            "create".into(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            path.to_string_lossy().into(),
+            size.to_string(),
+        ]
+    };
+    let out = tokio::process::Command::new("qemu-img")
+        .args(&args)
+        .output()
+        .await
+        .map_err(|e| BackendError::Failed(format!("qemu-img: {e}; {INSTALL_HINT}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BackendError::Failed(format!(
+            "qemu-img {}: {}",
+            args[0],
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// The virtual size of an image.
+pub async fn image_size(path: &Path) -> Result<u64, BackendError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| BackendError::Failed(format!("qemu-img: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        BackendError::Failed(format!(
+            "qemu-img info {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    })?;
+    v["virtual-size"].as_u64().ok_or_else(|| {
+        BackendError::Failed(format!("qemu-img info {}: no virtual-size", path.display()))
+    })
+}

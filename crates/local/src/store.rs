@@ -1,0 +1,289 @@
+//! The embedded database (redb): VM records (desired spec, status, the definition QEMU runs
+//! with), events and the operation journal, with optimistic concurrency on resourceVersion.
+//!
+//! Schema version 1 (table `meta`, key `schema`): tables `meta`, `vms` (key `ns/name`, JSON
+//! [`VmRecord`]), `events` (key: global sequence, JSON [`StoredEvent`]). Opening a database
+//! written by a newer schema is refused; older ones are migrated in [`Store::open`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use wukong_api::{Pinned, VmConfig, Wukong};
+use wukong_engine::{Event, VmRef};
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// Everything the local backend keeps about one VM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmRecord {
+    /// Metadata, the complete desired spec, and status.
+    pub object: Wukong,
+    /// Values fixed at creation.
+    pub pinned: Pinned,
+    /// The configuration QEMU runs with (or will boot with), updated after each live step.
+    pub definition: VmConfig,
+    /// Memory at the last boot: the floor of a live shrink.
+    pub boot_memory: u64,
+    /// vCPUs created during this QEMU's life (under TCG each uses a `maxcpus` slot for good).
+    #[serde(default)]
+    pub vcpu_creations: u32,
+    /// Root ports of the running machine, and the device on each (device id -> port id).
+    #[serde(default)]
+    pub ports: BTreeMap<String, String>,
+    /// Number of root ports the running machine was started with.
+    #[serde(default)]
+    pub ports_total: u32,
+    /// Whether the user asked it to stop (runStrategy Manual/Halted/RerunOnFailure bookkeeping).
+    #[serde(default)]
+    pub stopped_by_user: bool,
+}
+
+/// An event as stored, with its VM and time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEvent {
+    /// Sequence number (global, increasing).
+    pub seq: u64,
+    /// RFC 3339 time.
+    pub time: String,
+    /// The VM.
+    pub vm: VmRef,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    /// A record does not decode.
+    #[error("corrupt record {0}: {1}")]
+    Corrupt(String, String),
+    /// resourceVersion mismatch.
+    #[error("conflict: {0} was modified (resourceVersion {1}, yours {2}); get it again and retry")]
+    Conflict(String, String, String),
+    /// Already exists.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// Not found.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Written by a newer schema.
+    #[error("the database has schema {0}, newer than this wukong's {SCHEMA_VERSION}")]
+    NewerSchema(u64),
+}
+
+fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// The database.
+pub struct Store {
+    db: redb::Database,
+}
+
+fn key(vm: &VmRef) -> String {
+    format!("{}/{}", vm.namespace, vm.name)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, migrating older schemas.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = redb::Database::create(path).map_err(dberr)?;
+        let txn = db.begin_write().map_err(dberr)?;
+        {
+            let mut meta = txn.open_table(META).map_err(dberr)?;
+            let version = meta.get("schema").map_err(dberr)?.map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION).map_err(dberr)?;
+                }
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema(v)),
+                // Future migrations from v to SCHEMA_VERSION go here, in this transaction.
+                Some(_) => {}
+            }
+            txn.open_table(VMS).map_err(dberr)?;
+            txn.open_table(EVENTS).map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)?;
+        Ok(Store { db })
+    }
+
+    /// One VM's record.
+    pub fn get(&self, vm: &VmRef) -> Result<Option<VmRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let table = txn.open_table(VMS).map_err(dberr)?;
+        let value = table.get(key(vm).as_str()).map_err(dberr)?;
+        value.map(|v| decode(&key(vm), v.value())).transpose()
+    }
+
+    /// Every VM, optionally in one namespace, ordered by namespace and name.
+    pub fn list(&self, namespace: Option<&str>) -> Result<Vec<VmRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let table = txn.open_table(VMS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let k = k.value().to_string();
+            if namespace.is_none_or(|ns| k.split('/').next() == Some(ns)) {
+                out.push(decode(&k, v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a record; fails if it exists. Sets its resourceVersion.
+    pub fn create(&self, mut record: VmRecord) -> Result<VmRecord, StoreError> {
+        let vm = record_ref(&record);
+        let txn = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut table = txn.open_table(VMS).map_err(dberr)?;
+            if table.get(key(&vm).as_str()).map_err(dberr)?.is_some() {
+                return Err(StoreError::Exists(key(&vm)));
+            }
+            let rv = next_version(&txn)?;
+            record.object.metadata.resource_version = Some(rv.to_string());
+            table
+                .insert(key(&vm).as_str(), encode(&record).as_slice())
+                .map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)?;
+        Ok(record)
+    }
+
+    /// Read-modify-write of one record in one transaction. With `expect` set, the stored
+    /// resourceVersion must equal it (optimistic concurrency). `f` may refuse by returning an
+    /// error, which leaves the record untouched.
+    pub fn update<E: From<StoreError>>(
+        &self,
+        vm: &VmRef,
+        expect: Option<&str>,
+        f: impl FnOnce(&mut VmRecord) -> Result<(), E>,
+    ) -> Result<VmRecord, E> {
+        let txn = self.db.begin_write().map_err(dberr)?;
+        let record = {
+            let mut table = txn.open_table(VMS).map_err(dberr)?;
+            let mut record = match table.get(key(vm).as_str()).map_err(dberr)? {
+                Some(v) => decode(&key(vm), v.value())?,
+                None => return Err(StoreError::NotFound(key(vm)).into()),
+            };
+            let current = record
+                .object
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default();
+            if let Some(expect) = expect
+                && expect != current
+            {
+                return Err(StoreError::Conflict(key(vm), current, expect.to_string()).into());
+            }
+            f(&mut record)?;
+            let rv = next_version(&txn)?;
+            record.object.metadata.resource_version = Some(rv.to_string());
+            table
+                .insert(key(vm).as_str(), encode(&record).as_slice())
+                .map_err(dberr)?;
+            record
+        };
+        txn.commit().map_err(dberr)?;
+        Ok(record)
+    }
+
+    /// Removes a record (and keeps its events as history).
+    pub fn delete(&self, vm: &VmRef) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(dberr)?;
+        let existed = {
+            let mut table = txn.open_table(VMS).map_err(dberr)?;
+            table.remove(key(vm).as_str()).map_err(dberr)?.is_some()
+        };
+        txn.commit().map_err(dberr)?;
+        Ok(existed)
+    }
+
+    /// Appends an event durably; returns it with its sequence number.
+    pub fn append_event(&self, vm: &VmRef, event: &Event) -> Result<StoredEvent, StoreError> {
+        let txn = self.db.begin_write().map_err(dberr)?;
+        let stored = {
+            let mut table = txn.open_table(EVENTS).map_err(dberr)?;
+            let seq = table
+                .last()
+                .map_err(dberr)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(1);
+            let stored = StoredEvent {
+                seq,
+                time: jiff::Timestamp::now().to_string(),
+                vm: vm.clone(),
+                event: event.clone(),
+            };
+            let bytes = serde_json::to_vec(&stored).expect("events serialize");
+            table.insert(seq, bytes.as_slice()).map_err(dberr)?;
+            stored
+        };
+        txn.commit().map_err(dberr)?;
+        Ok(stored)
+    }
+
+    /// Events of one VM (or all) after `since`, oldest first, at most `limit`, newest kept.
+    pub fn events(
+        &self,
+        vm: Option<&VmRef>,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let table = txn.open_table(EVENTS).map_err(dberr)?;
+        let mut out = std::collections::VecDeque::new();
+        for row in table.range(since + 1..).map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let e: StoredEvent = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("event {}", k.value()), e.to_string()))?;
+            if vm.is_none_or(|vm| *vm == e.vm) {
+                out.push_back(e);
+                if out.len() > limit {
+                    out.pop_front();
+                }
+            }
+        }
+        Ok(out.into())
+    }
+}
+
+/// The VM a record describes.
+pub fn record_ref(r: &VmRecord) -> VmRef {
+    VmRef::new(
+        r.object.metadata.namespace.as_deref().unwrap_or("default"),
+        r.object.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn next_version(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+    let mut meta = txn.open_table(META).map_err(dberr)?;
+    let next = meta
+        .get("resource_version")
+        .map_err(dberr)?
+        .map(|v| v.value())
+        .unwrap_or(0)
+        + 1;
+    meta.insert("resource_version", next).map_err(dberr)?;
+    Ok(next)
+}
+
+fn encode(r: &VmRecord) -> Vec<u8> {
+    serde_json::to_vec(r).expect("records serialize")
+}
+
+fn decode(k: &str, bytes: &[u8]) -> Result<VmRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(k.to_string(), e.to_string()))
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs what the local backend needs on Debian 12 (root or sudo): QEMU 10 from
+# bookworm-backports, and the tools that build the guest image.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_vm_packages

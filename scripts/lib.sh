@@ -61,5 +61,9 @@ ensure_vm_packages() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             -t bookworm-backports qemu-system-x86 qemu-utils
     fi
-    ensure_host_packages busybox-static cpio kmod e2fsprogs
+    ensure_host_packages busybox-static cpio kmod e2fsprogs xz-utils
+    # The guest image is built from package files: the lists must know the kernel.
+    if ! apt-cache depends linux-image-amd64 2>/dev/null | grep -q 'Depends: linux-image-[0-9]'; then
+        as_root apt-get update -qq
+    fi
 }

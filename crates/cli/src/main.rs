@@ -229,7 +229,7 @@ struct TargetArgs {
     #[arg(long, env = "WUKONG_HOME")]
     home: Option<PathBuf>,
     /// Do not start a daemon when none answers.
-    #[arg(long)]
+    #[arg(long, env = "WUKONG_NO_AUTOSTART")]
     no_autostart: bool,
 }
 

@@ -92,13 +92,31 @@ pub fn desired_config(rec: &VmRecord) -> Result<VmConfig, wukong_api::FieldError
     Ok(cfg)
 }
 
-/// The journal and event sink of one daemon: durable events, status kept current.
+/// The journal and event sink of one daemon: durable events, status kept current. The end of
+/// an operation is held back until the worker has written the status it leaves, so that
+/// whoever waits for it reads a current status.
 struct Recorder {
     daemon: Arc<Daemon>,
+    finished: Mutex<Option<Event>>,
 }
 
-impl Journal for Recorder {
-    fn record(&self, vm: &VmRef, event: &Event) -> Result<(), String> {
+impl Recorder {
+    fn new(daemon: Arc<Daemon>) -> Self {
+        Recorder {
+            daemon,
+            finished: Mutex::new(None),
+        }
+    }
+
+    /// Records the held-back end of the operation, if any.
+    fn release(&self, vm: &VmRef) {
+        let held = self.finished.lock().expect("recorder").take();
+        if let Some(e) = held {
+            let _ = self.write(vm, &e);
+        }
+    }
+
+    fn write(&self, vm: &VmRef, event: &Event) -> Result<(), String> {
         let stored = self
             .daemon
             .backend
@@ -115,6 +133,16 @@ impl Journal for Recorder {
             });
         let _ = self.daemon.events.send(stored);
         Ok(())
+    }
+}
+
+impl Journal for Recorder {
+    fn record(&self, vm: &VmRef, event: &Event) -> Result<(), String> {
+        if let Event::Finished { .. } = event {
+            *self.finished.lock().expect("recorder") = Some(event.clone());
+            return Ok(());
+        }
+        self.write(vm, event)
     }
 }
 
@@ -159,10 +187,7 @@ impl Daemon {
 
     /// Journals a notice about `vm`.
     pub fn notice(self: &Arc<Self>, vm: &VmRef, message: String, warning: bool) {
-        let r = Recorder {
-            daemon: self.clone(),
-        };
-        let _ = r.record(vm, &Event::Notice { message, warning });
+        let _ = Recorder::new(self.clone()).write(vm, &Event::Notice { message, warning });
     }
 
     /// Starts a worker for every stored VM (after a daemon restart: re-attach, reconcile).
@@ -244,9 +269,8 @@ impl Daemon {
         nudge: Arc<Notify>,
         mut commands: mpsc::Receiver<(Command, oneshot::Sender<Result<String, String>>)>,
     ) {
-        let recorder = Recorder {
-            daemon: self.clone(),
-        };
+        let recorder = Recorder::new(self.clone());
+        // Whether QEMU ran when last looked at, outside our own starts and stops.
         let mut was_running: Option<bool> = None;
         let mut op_seq: u64 = 0;
         loop {
@@ -262,6 +286,7 @@ impl Daemon {
                     true,
                 );
             }
+            was_running = Some(running);
             op_seq += 1;
             let op = format!("{}-{}", rec.object.metadata.generation.unwrap_or(1), op_seq);
             let engine = Engine {
@@ -271,8 +296,19 @@ impl Daemon {
                 timeouts: self.engine_timeouts,
             };
             let outcome = engine.converge(&vm, &op, &mut desired).await;
+            let lifecycle = outcome.as_ref().is_ok_and(|r| {
+                r.steps.iter().any(|(s, _)| {
+                    matches!(
+                        s.action,
+                        wukong_planner::Action::Start | wukong_planner::Action::Stop
+                    ) || s.mode == wukong_planner::Mode::Restart
+                })
+            });
+            if lifecycle {
+                was_running = Some(self.backend.is_running(&vm));
+            }
             self.after_operation(&vm, outcome, &engine).await;
-            was_running = Some(self.backend.is_running(&vm));
+            recorder.release(&vm);
             tokio::select! {
                 _ = desired.changed() => {}
                 _ = nudge.notified() => {}
@@ -357,7 +393,7 @@ impl Daemon {
                     .map(|()| "restarted into the desired spec".to_string())
             }
         };
-        let _ = recorder.record(
+        let _ = recorder.write(
             vm,
             &Event::Notice {
                 message: match &result {

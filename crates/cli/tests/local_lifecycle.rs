@@ -1,0 +1,255 @@
+//! Local backend, real QEMU and a real guest: boot, inspect in the guest, cold changes by
+//! restart, daemon restart, bad input. (Issue: local backend.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, doc};
+
+const GIB: u64 = 1 << 30;
+
+#[test]
+fn boots_from_a_spec_and_the_guest_has_what_it_says() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc("vm1", "  cpu: 2\n  memory: 512Mi\n  maxCpu: 4\n  disks:\n  - {name: system, size: 1Gi, filesystem: {type: ext4, mountPath: /mnt/system}}\n  - {name: scratch, size: 256Mi}\n"));
+    let o = d.get("vm1");
+    assert_eq!(o["status"]["phase"], "Running");
+    assert_eq!(d.condition("vm1", "Ready").unwrap().0, "True");
+    assert_eq!(d.online_cpus("vm1"), 2);
+    let mem = d.mem_total_kib("vm1");
+    assert!(
+        (400_000..524_288).contains(&mem),
+        "MemTotal {mem} KiB for 512Mi"
+    );
+    assert_eq!(d.disk_bytes("vm1", "system"), Some(GIB));
+    assert_eq!(d.disk_bytes("vm1", "scratch"), Some(256 << 20));
+    let df = d.exec("vm1", &["df", "-k", "/mnt/system"]);
+    assert!(df.contains("/dev/vda"), "{df}");
+    // Pinned at creation: maxMemory 4x.
+    assert_eq!(o["status"]["maxMemory"], "2Gi");
+    assert_eq!(o["status"]["bootDisk"], "system");
+    // The serial console is kept.
+    let logs = d.wk(&["logs", "vm1", "--tail", "50"]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("wukong-guest: up"));
+    // Files are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(d.home.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("api.sock"), 0o600);
+    assert_eq!(mode("vms/default/vm1"), 0o700);
+    assert_eq!(mode("vms/default/vm1/qmp.sock"), 0o600);
+    assert_eq!(mode("vms/default/vm1/qga.sock"), 0o600);
+    // exec passes argv untouched and returns the guest's exit code.
+    let out = d.wk(&[
+        "exec",
+        "vm1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo \"$1\"; exit 7",
+        "sh",
+        "a b;c",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a b;c\n");
+    // Delete stops it and keeps the disks unless asked.
+    let pid = d.qemu_pid("vm1").expect("running");
+    assert!(d.wk(&["delete", "vm1"]).status.success());
+    assert!(!common::alive(pid), "QEMU stopped");
+    assert!(d.home.join("vms/default/vm1/disks/system.qcow2").exists());
+    assert!(
+        d.wk(&["delete", "vm1"]).status.success(),
+        "delete is idempotent"
+    );
+}
+
+#[test]
+fn a_change_that_needs_a_restart_is_applied_by_one_restart_and_data_survives() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc("vm2", "  cpu: 1\n  memory: 512Mi\n  maxCpu: 2\n  maxMemory: 1Gi\n  restartPolicy: Automatic\n  disks:\n  - {name: system, size: 1Gi, filesystem: {type: ext4, mountPath: /mnt/system}}\n"));
+    d.sh(
+        "vm2",
+        "dd if=/dev/urandom of=/mnt/system/blob bs=1M count=8 2>/dev/null; sync",
+    );
+    let sum = d.exec("vm2", &["md5sum", "/mnt/system/blob"]);
+    let boot = d.boot_id("vm2");
+    // maxCpu and maxMemory up are restart-only; so are CPU and memory beyond the old ceilings.
+    let out = d.apply(&doc("vm2", "  cpu: 4\n  maxCpu: 4\n  memory: 2Gi\n  maxMemory: 2Gi\n  disks:\n  - {name: system, size: 2Gi, filesystem: {type: ext4, mountPath: /mnt/system}}\n  - {name: extra, size: 512Mi, hotpluggable: false}\n"));
+    assert!(out.contains("restart"), "{out}");
+    assert_ne!(d.boot_id("vm2"), boot, "it restarted");
+    assert_eq!(d.online_cpus("vm2"), 4);
+    assert!(d.mem_total_kib("vm2") > 1_800_000);
+    assert_eq!(d.disk_bytes("vm2", "system"), Some(2 * GIB));
+    assert_eq!(d.disk_bytes("vm2", "extra"), Some(512 << 20));
+    let fs = d.exec("vm2", &["df", "-k", "/mnt/system"]);
+    let blocks: u64 = fs
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(blocks > 1_800_000, "filesystem grown with its disk: {fs}");
+    assert_eq!(
+        d.exec("vm2", &["md5sum", "/mnt/system/blob"]),
+        sum,
+        "data intact"
+    );
+    assert_eq!(d.condition("vm2", "RestartRequired").unwrap().0, "False");
+}
+
+#[test]
+fn restart_only_changes_wait_under_never_until_wukong_restart() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc(
+        "vm3",
+        "  cpu: 1\n  memory: 512Mi\n  maxCpu: 2\n  disks:\n  - {name: system, size: 1Gi}\n",
+    ));
+    let boot = d.boot_id("vm3");
+    let out = d.apply(&doc("vm3", "  maxCpu: 4\n  cpu: 2\n"));
+    assert!(
+        out.contains("needs a restart") || out.contains("restart"),
+        "{out}"
+    );
+    assert_eq!(d.boot_id("vm3"), boot, "no restart under Never");
+    // The live part happened at once; the ceiling waits.
+    assert_eq!(d.online_cpus("vm3"), 2);
+    let (status, message) = d.condition("vm3", "RestartRequired").unwrap();
+    assert_eq!(status, "True");
+    assert!(message.contains("maxCpu"), "{message}");
+    let o = d.get("vm3");
+    assert_eq!(o["status"]["pendingChanges"][0]["resource"], "cpu");
+    assert_eq!(o["status"]["restartPending"], true);
+    // An unrelated apply does not cancel it.
+    d.apply(&doc("vm3", "  runStrategy: Always\n"));
+    assert_eq!(d.condition("vm3", "RestartRequired").unwrap().0, "True");
+    assert!(d.wk(&["restart", "vm3"]).status.success());
+    d.wait_for(
+        "vm3",
+        "the pending change applied",
+        Duration::from_secs(60),
+        |o| o["status"]["restartPending"] == false,
+    );
+    assert_ne!(d.boot_id("vm3"), boot);
+    assert_eq!(d.get("vm3")["status"]["maxCpu"], 4);
+}
+
+#[test]
+fn a_restarted_daemon_reattaches_without_restarting_the_vm() {
+    let mut d = Daemon::start(&[]);
+    d.apply(&doc(
+        "vm4",
+        "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 1Gi}\n",
+    ));
+    let pid = d.qemu_pid("vm4").unwrap();
+    let boot = d.boot_id("vm4");
+    d.kill();
+    d.spawn();
+    assert_eq!(d.qemu_pid("vm4"), Some(pid), "QEMU outlived the daemon");
+    assert_eq!(d.boot_id("vm4"), boot);
+    let o = d.wait_for("vm4", "status refreshed", Duration::from_secs(30), |o| {
+        o["status"]["phase"] == "Running"
+    });
+    assert_eq!(o["status"]["guest"]["cpusOnline"], 1);
+    // A VM whose QEMU died is started again under runStrategy Always.
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    d.wait_for(
+        "vm4",
+        "restarted after QEMU died",
+        Duration::from_secs(60),
+        |o| o["status"]["phase"] == "Running",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while d.qemu_pid("vm4").is_none_or(|p| p == pid) {
+        assert!(std::time::Instant::now() < deadline, "not restarted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = String::from_utf8_lossy(&d.wk(&["describe", "vm4"]).stdout).into_owned();
+    assert!(events.contains("QEMU exited unexpectedly"), "{events}");
+}
+
+#[test]
+fn bad_input_is_refused_with_the_field_and_changes_nothing() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc(
+        "vm5",
+        "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 1Gi}\n",
+    ));
+    let before = d.get("vm5");
+    let boot = d.boot_id("vm5");
+    for (spec, code, needle) in [
+        (
+            "  disks:\n  - {name: system, size: 512Mi}\n",
+            2,
+            "disks never shrink",
+        ),
+        ("  disks: []\n", 2, "boot disk"),
+        (
+            "  memory: 1G\n",
+            1,
+            "spec.memory: '1G' is not a multiple of 2Mi",
+        ),
+        ("  cpu: 64\n", 1, "exceeds maxCpu"),
+        ("  colour: red\n", 1, "unknown field `colour`"),
+        (
+            "  networks: [{name: a, user: {}}, {name: a, user: {}}]\n",
+            1,
+            "duplicate network name",
+        ),
+        (
+            "  networks: [{name: p, pod: {}}]\n",
+            1,
+            "cannot be used by the local backend",
+        ),
+    ] {
+        let out = d.wk_in(&["apply", "-f", "-"], &doc("vm5", spec));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{spec}: {err}");
+        assert!(err.contains(needle), "{spec}: expected '{needle}' in {err}");
+    }
+    let after = d.get("vm5");
+    assert_eq!(after["spec"], before["spec"]);
+    assert_eq!(
+        after["metadata"]["generation"],
+        before["metadata"]["generation"]
+    );
+    assert_eq!(d.boot_id("vm5"), boot);
+    // Stale resourceVersion: a conflict, nothing changed.
+    let out = d.wk_in(&["apply", "-f", "-"], "apiVersion: vm.novasphere.dev/v1alpha1\nkind: Wukong\nmetadata: {name: vm5, resourceVersion: \"1\"}\nspec: {cpu: 2}\n");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conflict"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.get("vm5")["spec"]["cpu"], 1);
+}
+
+#[test]
+fn without_qemu_the_daemon_refuses_to_start_and_says_how_to_install_it() {
+    common::prerequisites();
+    let home = tempfile::Builder::new()
+        .prefix("wk")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve"])
+        .env("WUKONG_HOME", home.path())
+        .env("WUKONG_IMAGE_DIR", common::image_dir())
+        .env("WUKONG_QEMU", "/nonexistent/qemu-system-x86_64")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scripts/setup.sh"), "{err}");
+}

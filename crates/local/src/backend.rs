@@ -456,19 +456,8 @@ impl LocalBackend {
         } else {
             method
         };
-        let online: Vec<i64> = {
-            let mut v: Vec<i64> = self
-                .with_agent(vm, |q| async move { q.vcpus(t).await })
-                .await?
-                .into_iter()
-                .filter(|(_, o)| *o)
-                .map(|(id, _)| id)
-                .collect();
-            v.sort_unstable();
-            v
-        };
+        let online = online_vcpus(&self.with_agent(vm, |q| async move { q.vcpus(t).await }).await?);
         let surplus = online.len().saturating_sub(to as usize);
-        let victims: Vec<i64> = online.iter().rev().take(surplus).copied().collect();
         if method == CpuRemoval::Unplug {
             // Only hot-added vCPUs can be unplugged; the guest takes each one offline when
             // QEMU asks. Boot vCPUs fall back to going offline in the guest.
@@ -496,25 +485,9 @@ impl LocalBackend {
                 return Ok(());
             }
         }
-        let still: Vec<i64> = {
-            let mut v: Vec<i64> = self
-                .with_agent(vm, |q| async move { q.vcpus(t).await })
-                .await?
-                .into_iter()
-                .filter(|(_, o)| *o)
-                .map(|(id, _)| id)
-                .collect();
-            v.sort_unstable();
-            v
-        };
+        let still = online_vcpus(&self.with_agent(vm, |q| async move { q.vcpus(t).await }).await?);
         let surplus = still.len().saturating_sub(to as usize);
-        let off: Vec<(i64, bool)> = still
-            .iter()
-            .rev()
-            .take(surplus)
-            .map(|id| (*id, false))
-            .collect();
-        let _ = victims;
+        let off: Vec<(i64, bool)> = still.iter().rev().take(surplus).map(|id| (*id, false)).collect();
         if !off.is_empty() {
             self.with_agent(vm, |q| async move { q.set_vcpus(&off, t).await })
                 .await?;
@@ -721,6 +694,13 @@ impl LocalBackend {
         self.update(vm, |r| r.definition = o.config)?;
         Ok(())
     }
+}
+
+/// Logical ids of the online vCPUs, ascending.
+fn online_vcpus(v: &[(i64, bool)]) -> Vec<i64> {
+    let mut ids: Vec<i64> = v.iter().filter(|(_, o)| *o).map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// Ids of the hot-added vCPUs present now, lowest slot first.

@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Take vCPUs offline in the guest instead of unplugging them (what QEMU < 10 needs).
     #[arg(long, env = "WUKONG_GUEST_OFFLINE_CPUS")]
     guest_offline_cpus: bool,
+    /// How long a guest may take to show a change (and to take or give back memory).
+    #[arg(long, default_value = "20s", value_parser = crate::parse_duration)]
+    verify_timeout: std::time::Duration,
     /// Also listen on this loopback TCP address (needs --token-file).
     #[arg(long, requires = "token_file")]
     listen: Option<SocketAddr>,
@@ -93,11 +96,15 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
         boot,
         hotplug_ports: a.hotplug_ports,
         force_guest_offline: a.guest_offline_cpus,
-        timeouts: LocalTimeouts::default(),
+        timeouts: LocalTimeouts {
+            memory: a.verify_timeout,
+            ..LocalTimeouts::default()
+        },
     };
     let server = Server::bind(home.clone(), options, tcp)
         .await
         .map_err(|e| Failure::Failed(e.to_string()))?;
+    server.daemon.set_verify_timeout(a.verify_timeout);
     eprintln!(
         "wukong daemon: serving {} (accelerator {accel}); VMs keep running when it stops",
         home.api_socket().display()

@@ -456,7 +456,11 @@ impl LocalBackend {
         } else {
             method
         };
-        let online = online_vcpus(&self.with_agent(vm, |q| async move { q.vcpus(t).await }).await?);
+        let online = online_vcpus(
+            &self
+                .with_agent(vm, |q| async move { q.vcpus(t).await })
+                .await?,
+        );
         let surplus = online.len().saturating_sub(to as usize);
         if method == CpuRemoval::Unplug {
             // Only hot-added vCPUs can be unplugged; the guest takes each one offline when
@@ -485,9 +489,18 @@ impl LocalBackend {
                 return Ok(());
             }
         }
-        let still = online_vcpus(&self.with_agent(vm, |q| async move { q.vcpus(t).await }).await?);
+        let still = online_vcpus(
+            &self
+                .with_agent(vm, |q| async move { q.vcpus(t).await })
+                .await?,
+        );
         let surplus = still.len().saturating_sub(to as usize);
-        let off: Vec<(i64, bool)> = still.iter().rev().take(surplus).map(|id| (*id, false)).collect();
+        let off: Vec<(i64, bool)> = still
+            .iter()
+            .rev()
+            .take(surplus)
+            .map(|id| (*id, false))
+            .collect();
         if !off.is_empty() {
             self.with_agent(vm, |q| async move { q.set_vcpus(&off, t).await })
                 .await?;

@@ -48,7 +48,7 @@ pub struct Daemon {
     /// How often a worker re-checks its VM when nothing happens.
     pub tick: Duration,
     /// Engine timeouts.
-    pub engine_timeouts: Timeouts,
+    engine_timeouts: Mutex<Timeouts>,
 }
 
 /// Host limits: vCPUs up to 8 per host core (TCG runs them as threads), memory up to three
@@ -181,8 +181,13 @@ impl Daemon {
             events,
             workers: Mutex::new(HashMap::new()),
             tick: Duration::from_secs(5),
-            engine_timeouts: Timeouts::default(),
+            engine_timeouts: Mutex::new(Timeouts::default()),
         })
+    }
+
+    /// How long the engine waits for the guest to show a step.
+    pub fn set_verify_timeout(&self, t: Duration) {
+        self.engine_timeouts.lock().expect("timeouts").verify = t;
     }
 
     /// Journals a notice about `vm`.
@@ -293,7 +298,7 @@ impl Daemon {
                 backend: self.backend.as_ref(),
                 journal: &recorder,
                 events: &recorder,
-                timeouts: self.engine_timeouts,
+                timeouts: *self.engine_timeouts.lock().expect("timeouts"),
             };
             let outcome = engine.converge(&vm, &op, &mut desired).await;
             let lifecycle = outcome.as_ref().is_ok_and(|r| {

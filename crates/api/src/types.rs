@@ -150,6 +150,11 @@ pub struct DiskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<FilesystemSpec>,
 
+    /// Take a snapshot of the disk before each grow (local: an internal qcow2 snapshot named
+    /// `wukong-pre-grow-<time>`; clusters: a VolumeSnapshot). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_before_grow: Option<bool>,
+
     /// Clusters only: the StorageClass of the disk's PVC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,

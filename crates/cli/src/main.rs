@@ -190,6 +190,13 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Return a VM to the last spec it converged to (disks keep their grown size).
+    Rollback {
+        /// VM name.
+        name: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Show the guest's serial console.
     Logs {
         /// VM name.
@@ -385,6 +392,7 @@ async fn run(command: Command) -> Result<i32, Failure> {
         Command::Restart { name, target } => {
             ok(remote::lifecycle(&target.target(), &name, "restart").await)
         }
+        Command::Rollback { name, target } => ok(remote::rollback(&target.target(), &name).await),
         Command::Logs { name, tail, target } => {
             ok(remote::logs(&target.target(), &name, tail).await)
         }

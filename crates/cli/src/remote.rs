@@ -546,6 +546,24 @@ pub async fn lifecycle(t: &Target, name: &str, verb: &str) -> Result<(), Failure
     Ok(())
 }
 
+/// `wukong rollback NAME`: back to the last converged spec, followed to the end.
+pub async fn rollback(t: &Target, name: &str) -> Result<(), Failure> {
+    let client = t.client().await?;
+    let (v, seq) = client
+        .call(Method::POST, &format!("{}/rollback", t.path(name)), None)
+        .await?;
+    for note in v["message"].as_str().unwrap_or("").split("; ") {
+        println!("{note}");
+    }
+    let plan: PlanDocument =
+        serde_json::from_value(v["plan"].clone()).map_err(|e| Failure::Failed(e.to_string()))?;
+    print!("{}", plan.table());
+    if !plan.steps.is_empty() && !follow(&client, t, name, seq, Duration::from_secs(600)).await? {
+        return Err(Failure::Failed("the rollback's operation failed".into()));
+    }
+    Ok(())
+}
+
 /// `wukong exec NAME -- CMD…`: prints the output, returns the guest's exit code.
 pub async fn exec(
     t: &Target,

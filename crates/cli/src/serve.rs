@@ -41,9 +41,15 @@ pub struct ServeArgs {
     /// Take vCPUs offline in the guest instead of unplugging them (what QEMU < 10 needs).
     #[arg(long, env = "WUKONG_GUEST_OFFLINE_CPUS")]
     guest_offline_cpus: bool,
+    /// Make every change by restart (no live changes), e.g. to compare with the live way.
+    #[arg(long)]
+    no_live: bool,
     /// How long a guest may take to show a change (and to take or give back memory).
     #[arg(long, default_value = "20s", value_parser = crate::parse_duration)]
     verify_timeout: std::time::Duration,
+    /// How long one guest agent call may take before the agent counts as not answering.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    agent_timeout: std::time::Duration,
     /// Also listen on this loopback TCP address (needs --token-file).
     #[arg(long, requires = "token_file")]
     listen: Option<SocketAddr>,
@@ -96,8 +102,10 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
         boot,
         hotplug_ports: a.hotplug_ports,
         force_guest_offline: a.guest_offline_cpus,
+        live: !a.no_live,
         timeouts: LocalTimeouts {
             memory: a.verify_timeout,
+            agent: a.agent_timeout,
             ..LocalTimeouts::default()
         },
     };

@@ -64,6 +64,8 @@ done
 libdirs="$work/pkg/lib/x86_64-linux-gnu:$work/pkg/usr/lib/x86_64-linux-gnu"
 add_binary() {
     local src=$1 dst=$2
+    # The real tool replaces busybox's smaller applet of the same name.
+    rm -f "$root/bin/$(basename "$dst")"
     cp "$src" "$root/$dst"
     LD_LIBRARY_PATH=$libdirs ldd "$src" | awk '/=> \// { print $3 } /^\t\/lib64/ { print $1 }' |
         while read -r lib; do

@@ -143,6 +143,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(&format!("{one}/start"), post(start))
         .route(&format!("{one}/stop"), post(stop))
         .route(&format!("{one}/restart"), post(restart))
+        .route(&format!("{one}/rollback"), post(rollback))
         .route(&format!("{one}/exec"), post(exec))
         .route(&format!("{one}/logs"), get(logs))
         .route(&format!("{one}/events"), get(events))
@@ -521,6 +522,55 @@ async fn restart(
     Path((ns, name)): Path<(String, String)>,
 ) -> ApiResult {
     lifecycle(d, ns, name, Command::Restart).await
+}
+
+/// Returns the desired spec to the last one that converged. Disks never shrink: a disk grown
+/// since keeps its size, and the answer says so.
+async fn rollback(
+    State(d): State<Arc<Daemon>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> ApiResult {
+    let vm = VmRef::new(&ns, &name);
+    let seq = latest_seq(&d);
+    let mut notes = Vec::new();
+    let rec = d.backend.store().update::<ApiError>(&vm, None, |r| {
+        let Some((generation, last)) = r.last_converged.clone() else {
+            return Err(ApiError::new(StatusCode::CONFLICT, "NothingToRollBackTo", format!("wukong {vm} has not converged to any spec yet")));
+        };
+        let mut spec = last;
+        for disk in spec.disks.iter_mut().flatten() {
+            let now = r.object.spec.disks.iter().flatten().find(|x| x.name == disk.name);
+            if let Some(now) = now
+                && now.size.bytes().unwrap_or(0) > disk.size.bytes().unwrap_or(0)
+            {
+                notes.push(format!("disk {} stays at {} (it was {} at generation {generation}, and disks never shrink)", disk.name, now.size, disk.size));
+                disk.size = now.size.clone();
+            }
+        }
+        let config = resolve(&name, &spec, &r.pinned).map_err(ApiError::fields)?;
+        wukong_planner::plan::check_allowed(&config, &r.definition).map_err(|e| ApiError::fields(e.0))?;
+        notes.insert(0, format!("desired spec set back to generation {generation}'s"));
+        if spec != r.object.spec {
+            r.object.spec = spec;
+            r.object.metadata.generation = Some(r.object.metadata.generation.unwrap_or(1) + 1);
+        }
+        Ok(())
+    })?;
+    let desired = desired_config(&rec).map_err(ApiError::fields)?;
+    let observed = d.backend.observe(&vm).await.map_err(ApiError::internal)?;
+    let caps = d
+        .backend
+        .capabilities(&vm, &observed)
+        .await
+        .map_err(ApiError::internal)?;
+    let plan = wukong_planner::plan(&desired, &observed, &caps, jiff::Timestamp::now())
+        .map_err(|e| ApiError::fields(e.0))?;
+    d.ensure_worker(&rec);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "Status", "status": "Success", "message": notes.join("; "), "object": rec.object, "plan": PlanDocument::new(&name, BackendKind::Local, &plan)}),
+        seq,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -24,7 +24,7 @@ use crate::machine::{
 use crate::paths::{Home, private_dir};
 use crate::process;
 use crate::qga::Qga;
-use crate::qmp::{BlockdevAdd, NetdevAdd, Qmp};
+use crate::qmp::{BlockdevAdd, NetdevAdd, Qmp, SnapshotInternal};
 use crate::store::{Store, StoreError, VmRecord};
 
 /// Timeouts of the local backend.
@@ -65,6 +65,9 @@ pub struct LocalOptions {
     pub hotplug_ports: u32,
     /// Take vCPUs offline in the guest instead of unplugging them, whatever the QEMU version.
     pub force_guest_offline: bool,
+    /// Make changes live where possible; `false` does every change by restart (the way
+    /// platforms without live resize do it, kept for comparison).
+    pub live: bool,
     /// Timeouts.
     pub timeouts: LocalTimeouts,
 }
@@ -317,7 +320,37 @@ impl LocalBackend {
                 q.exec_ok(&["mount", "-t", kind, &target, &fs.mount_path], None, t)
                     .await?;
             }
-            grow_filesystem(&q, &g, &dev, &target, fs.fs_type, &fs.mount_path, t).await
+            let kind = match fs.fs_type {
+                FsType::Ext4 => "ext4",
+                FsType::Xfs => "xfs",
+            };
+            grow_filesystem(&q, &g, &dev, &target, kind, &fs.mount_path, t).await
+        })
+        .await
+    }
+
+    /// Grows the partition and filesystem the guest has mounted on `disk` (whatever created
+    /// it) to fill the disk.
+    async fn grow_in_guest(&self, vm: &VmRef, disk: &str) -> Result<(), BackendError> {
+        let t = self.options.timeouts.agent;
+        let name = disk.to_string();
+        self.with_agent(vm, |q| async move {
+            let view = q.view(t).await?;
+            let g =
+                view.disks.get(&name).cloned().ok_or_else(|| {
+                    failed(format!("the guest does not see disk {name} (by serial)"))
+                })?;
+            let (Some(mount), Some(kind)) = (g.mount.clone(), g.fs_type.clone()) else {
+                return Err(failed(format!(
+                    "no mounted filesystem on disk {name} in the guest"
+                )));
+            };
+            let dev = format!("/dev/{}", g.device.clone().unwrap_or_default());
+            let target = g
+                .partition
+                .as_ref()
+                .map_or(dev.clone(), |p| format!("/dev/{p}"));
+            grow_filesystem(&q, &g, &dev, &target, &kind, &mount, t).await
         })
         .await
     }
@@ -528,20 +561,28 @@ impl LocalBackend {
         qmp.qom_set(&path, "requested-size", json!(requested))
             .await?;
         let from = current;
+        let total = from.abs_diff(requested);
+        // QEMU rate-limits the size-change event (one a second): it feeds progress, while the
+        // device's size is polled for completion.
         let wait = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
             loop {
-                match events.recv().await {
-                    Ok(qmp::Event::MEMORY_DEVICE_SIZE_CHANGE { data, .. }) => {
-                        let done = from.abs_diff(data.size);
-                        let total = from.abs_diff(requested);
-                        progress.progress(done, total, "memory plugged/unplugged by the guest");
-                        if data.size == requested {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(qmp::Event::MEMORY_DEVICE_SIZE_CHANGE { data, .. }) => {
+                            progress.progress(from.abs_diff(data.size), total, "memory (un)plugged by the guest");
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Err(BackendError::Unreachable("QMP closed".into()));
+                        }
+                    },
+                    _ = tick.tick() => {
+                        let size = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
+                        if size == requested {
+                            progress.progress(total, total, "memory (un)plugged by the guest");
                             return Ok(());
                         }
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(BackendError::Unreachable("QMP closed".into()));
                     }
                 }
             }
@@ -740,7 +781,7 @@ async fn grow_filesystem(
     g: &GuestDiskView,
     dev: &str,
     target: &str,
-    fs: FsType,
+    fs_type: &str,
     mount: &str,
     t: Duration,
 ) -> Result<(), BackendError> {
@@ -781,14 +822,19 @@ async fn grow_filesystem(
         q.exec_ok(&["partx", "-u", "--nr", &number, dev], None, t)
             .await?;
     }
-    match fs {
-        FsType::Ext4 => {
+    match fs_type {
+        "ext2" | "ext3" | "ext4" => {
             q.exec_ok(&["resize2fs", target], None, Duration::from_secs(120))
                 .await?
         }
-        FsType::Xfs => {
+        "xfs" => {
             q.exec_ok(&["xfs_growfs", mount], None, Duration::from_secs(120))
                 .await?
+        }
+        other => {
+            return Err(failed(format!(
+                "cannot grow a {other} filesystem online (ext4 and xfs can be)"
+            )));
         }
     };
     Ok(())
@@ -861,6 +907,12 @@ impl Backend for LocalBackend {
         observed: &Observed,
     ) -> Result<Capabilities, BackendError> {
         let rec = self.record(vm)?;
+        if !self.options.live {
+            return Ok(Capabilities::restart_only(
+                BackendKind::Local,
+                "live changes are turned off (wukong serve --no-live)",
+            ));
+        }
         if !observed.running {
             return Ok(Capabilities::local(QemuVersion::SAFE_CPU_READD, None, None));
         }
@@ -916,6 +968,14 @@ impl Backend for LocalBackend {
             }
             Action::GrowDisk { disk, to, .. } => {
                 let qmp = self.qmp(vm).await?;
+                if desired.disk(disk).is_some_and(|d| d.snapshot_before_grow) {
+                    let name = format!("wukong-pre-grow-{}", jiff::Timestamp::now().as_second());
+                    qmp.run(SnapshotInternal(
+                        json!({"device": node_name(disk), "name": name}),
+                    ))
+                    .await?;
+                    progress.progress(0, 1, &format!("snapshot {name} taken"));
+                }
                 qmp.run(qmp::block_resize {
                     device: None,
                     node_name: Some(node_name(disk)),
@@ -929,13 +989,7 @@ impl Backend for LocalBackend {
                     }
                 })?;
             }
-            Action::GrowFilesystem { disk, .. } => {
-                let d = desired
-                    .disk(disk)
-                    .cloned()
-                    .ok_or_else(|| failed(format!("unknown disk {disk}")))?;
-                self.ensure_filesystem(vm, &d, false).await?;
-            }
+            Action::GrowFilesystem { disk, .. } => self.grow_in_guest(vm, disk).await?,
             Action::CreateFilesystem { disk, .. } => {
                 let d = desired
                     .disk(disk)

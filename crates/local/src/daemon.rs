@@ -278,12 +278,16 @@ impl Daemon {
         // Whether QEMU ran when last looked at, outside our own starts and stops.
         let mut was_running: Option<bool> = None;
         let mut op_seq: u64 = 0;
+        // A failed operation is not retried for the same generation until its backoff passes.
+        let mut failures: Option<(i64, u32, tokio::time::Instant)> = None;
         loop {
             let Ok(Some(rec)) = self.backend.store().get(&vm) else {
                 return;
             };
+            let generation = rec.object.metadata.generation.unwrap_or(1);
             let running = self.backend.is_running(&vm);
-            if was_running == Some(true) && !running {
+            let died = was_running == Some(true) && !running;
+            if died {
                 self.notice(
                     &vm,
                     "QEMU exited unexpectedly; the VM is started again if its runStrategy says so"
@@ -292,28 +296,44 @@ impl Daemon {
                 );
             }
             was_running = Some(running);
+            let backing_off = !died
+                && failures.is_some_and(|(g, _, until)| {
+                    g == generation && tokio::time::Instant::now() < until
+                });
             op_seq += 1;
-            let op = format!("{}-{}", rec.object.metadata.generation.unwrap_or(1), op_seq);
+            let op = format!("{generation}-{op_seq}");
             let engine = Engine {
                 backend: self.backend.as_ref(),
                 journal: &recorder,
                 events: &recorder,
                 timeouts: *self.engine_timeouts.lock().expect("timeouts"),
             };
-            let outcome = engine.converge(&vm, &op, &mut desired).await;
-            let lifecycle = outcome.as_ref().is_ok_and(|r| {
-                r.steps.iter().any(|(s, _)| {
-                    matches!(
-                        s.action,
-                        wukong_planner::Action::Start | wukong_planner::Action::Stop
-                    ) || s.mode == wukong_planner::Mode::Restart
-                })
-            });
-            if lifecycle {
-                was_running = Some(self.backend.is_running(&vm));
+            if backing_off {
+                self.refresh_status(&vm).await;
+            } else {
+                let outcome = engine.converge(&vm, &op, &mut desired).await;
+                let lifecycle = outcome.as_ref().is_ok_and(|r| {
+                    r.steps.iter().any(|(s, _)| {
+                        matches!(
+                            s.action,
+                            wukong_planner::Action::Start | wukong_planner::Action::Stop
+                        ) || s.mode == wukong_planner::Mode::Restart
+                    })
+                });
+                if lifecycle {
+                    was_running = Some(self.backend.is_running(&vm));
+                }
+                let failed = !outcome.as_ref().is_ok_and(|r| r.succeeded);
+                failures = match (failed, failures) {
+                    (false, _) => None,
+                    (true, Some((g, n, _))) if g == generation => {
+                        Some((g, n + 1, tokio::time::Instant::now() + backoff(n + 1)))
+                    }
+                    (true, _) => Some((generation, 1, tokio::time::Instant::now() + backoff(1))),
+                };
+                self.after_operation(&vm, outcome, &engine).await;
+                recorder.release(&vm);
             }
-            self.after_operation(&vm, outcome, &engine).await;
-            recorder.release(&vm);
             tokio::select! {
                 _ = desired.changed() => {}
                 _ = nudge.notified() => {}
@@ -324,6 +344,21 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep(self.tick) => {}
             }
+        }
+    }
+
+    /// Refreshes the observed part of status without acting.
+    async fn refresh_status(&self, vm: &VmRef) {
+        if let Ok(o) = self.backend.observe(vm).await {
+            let _ = self.backend.store().update::<StoreError>(vm, None, |r| {
+                let generation = r.object.metadata.generation;
+                status::observe_into(
+                    r.object.status.get_or_insert_with(Default::default),
+                    &o,
+                    generation,
+                );
+                Ok(())
+            });
         }
     }
 
@@ -341,7 +376,15 @@ impl Daemon {
                 status::observe_into(st, o, generation);
             }
             match &outcome {
-                Ok(report) => status::report_into(st, report),
+                Ok(report) => {
+                    status::report_into(st, report);
+                    if report.succeeded
+                        && report.pending.is_none()
+                        && generation == Some(report.generation)
+                    {
+                        r.last_converged = Some((report.generation, r.object.spec.clone()));
+                    }
+                }
                 Err(e) => status::set_condition(
                     &mut st.conditions,
                     "Degraded",
@@ -412,6 +455,12 @@ impl Daemon {
     }
 }
 
+/// How long to wait before retrying a generation whose operation failed `n` times: 30 s,
+/// doubling, at most 10 min. A new spec is tried at once.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs((30u64 << n.saturating_sub(1).min(5)).min(600))
+}
+
 /// A new record for a VM being created.
 pub fn new_record(mut object: wukong_api::Wukong, config: &VmConfig, pinned: Pinned) -> VmRecord {
     object
@@ -440,5 +489,6 @@ pub fn new_record(mut object: wukong_api::Wukong, config: &VmConfig, pinned: Pin
         ports: Default::default(),
         ports_total: 0,
         stopped_by_user: false,
+        last_converged: None,
     }
 }

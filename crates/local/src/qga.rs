@@ -249,7 +249,8 @@ impl Qga {
     }
 }
 
-/// The fixed probe: no input is ever spliced into it.
+/// The fixed probe: no input is ever spliced into it. Tools that busybox also provides are
+/// called by absolute path (a static busybox `sh` prefers its own applets).
 const PROBE: &str = r#"
 echo "boot $(cat /proc/sys/kernel/random/boot_id)"
 echo "mem $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
@@ -266,10 +267,11 @@ while read -r dev mnt type rest; do
   case $dev in /dev/*) ;; *) continue ;; esac
   size=
   case $type in ext2|ext3|ext4)
-    size=$(tune2fs -l "$dev" 2>/dev/null | awk -F: '/^Block count/ { c = $2 } /^Block size/ { s = $2 } END { if (c && s) printf "%.0f", c * s }') ;;
+    t=/sbin/tune2fs; [ -x $t ] || t=/usr/sbin/tune2fs
+    size=$($t -l "$dev" 2>/dev/null | awk -F: '/^Block count/ { c = $2 } /^Block size/ { s = $2 } END { if (c && s) printf "%.0f", c * s }') ;;
   esac
   [ -n "$size" ] || size=$(df -P -k "$mnt" 2>/dev/null | awk 'NR == 2 { printf "%.0f", $2 * 1024 }')
-  echo "fs ${dev#/dev/} ${size:-0} $mnt"
+  echo "fs ${dev#/dev/} ${size:-0} $mnt $type"
 done < /proc/mounts
 "#;
 
@@ -278,7 +280,7 @@ pub fn parse_probe(text: &str) -> GuestView {
     let mut view = GuestView::default();
     // guest device (vda, vda1) -> disk serial
     let mut by_dev: BTreeMap<String, String> = BTreeMap::new();
-    let mut fs: Vec<(String, u64, String)> = Vec::new();
+    let mut fs: Vec<(String, u64, String, String)> = Vec::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
@@ -307,20 +309,22 @@ pub fn parse_probe(text: &str) -> GuestView {
                 }
             }
             ["nic", _, mac] => view.macs.push(mac.to_lowercase()),
-            ["fs", dev, bytes, mnt] => {
+            ["fs", dev, bytes, mnt, kind] => {
                 fs.push((
                     dev.to_string(),
                     bytes.parse::<u64>().unwrap_or(0),
                     mnt.to_string(),
+                    kind.to_string(),
                 ));
             }
             _ => {}
         }
     }
-    for (dev, size, mount) in fs {
+    for (dev, size, mount, kind) in fs {
         if let Some(d) = by_dev.get(&dev).and_then(|s| view.disks.get_mut(s)) {
             d.filesystem_size = Some(size);
             d.mount = Some(mount);
+            d.fs_type = Some(kind);
         }
     }
     view
@@ -344,7 +348,7 @@ mod tests {
     #[test]
     fn parses_the_probe() {
         let v = parse_probe(
-            "boot 1234\nmem 467624\ncpus 0-2,5\ndisk vda 4194304 system\npart vda vda1\ndisk vdb 2097152 data\ndisk sr0 0 -\nnic eth0 52:54:00:AA:00:01\nfs vda1 2080194560 /mnt/system\n",
+            "boot 1234\nmem 467624\ncpus 0-2,5\ndisk vda 4194304 system\npart vda vda1\ndisk vdb 2097152 data\ndisk sr0 0 -\nnic eth0 52:54:00:AA:00:01\nfs vda1 2080194560 /mnt/system ext4\n",
         );
         assert_eq!(v.boot_id.as_deref(), Some("1234"));
         assert_eq!(v.memory_total, 467624 * 1024);
@@ -355,6 +359,7 @@ mod tests {
         assert!(sys.partitioned);
         assert_eq!(sys.partition.as_deref(), Some("vda1"));
         assert_eq!(sys.mount.as_deref(), Some("/mnt/system"));
+        assert_eq!(sys.fs_type.as_deref(), Some("ext4"));
         assert_eq!(sys.filesystem_size, Some(2080194560));
         assert_eq!(v.disks["data"].filesystem_size, None);
         assert_eq!(v.macs, vec!["52:54:00:aa:00:01"]);

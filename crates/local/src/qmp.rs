@@ -48,6 +48,7 @@ macro_rules! raw_command {
 
 raw_command!(BlockdevAdd, "blockdev-add");
 raw_command!(NetdevAdd, "netdev_add");
+raw_command!(SnapshotInternal, "blockdev-snapshot-internal-sync");
 
 fn unreachable(what: &str, e: impl std::fmt::Display) -> BackendError {
     BackendError::Unreachable(format!("QMP {what}: {e}"))
@@ -202,6 +203,15 @@ impl Qmp {
                 what: format!("the guest to release device {id}"),
                 after: timeout,
             })?
+    }
+
+    /// A human monitor command (`info network`…), for diagnostics and tests.
+    pub async fn hmp(&self, command: &str) -> Result<String, BackendError> {
+        self.run(qmp::human_monitor_command {
+            command_line: command.into(),
+            cpu_index: None,
+        })
+        .await
     }
 
     /// Whether the VM's CPUs run (`query-status`).

@@ -44,6 +44,9 @@ pub struct VmRecord {
     /// Whether the user asked it to stop (runStrategy Manual/Halted/RerunOnFailure bookkeeping).
     #[serde(default)]
     pub stopped_by_user: bool,
+    /// The last spec the VM fully converged to, and its generation (for `wukong rollback`).
+    #[serde(default)]
+    pub last_converged: Option<(i64, wukong_api::WukongSpec)>,
 }
 
 /// An event as stored, with its VM and time.

@@ -152,6 +152,30 @@ impl Capabilities {
         }
     }
 
+    /// Every change by restart, for `reason` (a backend with live changes turned off).
+    pub fn restart_only(backend: BackendKind, reason: &str) -> Self {
+        let r = Support::restart(reason);
+        Capabilities {
+            backend,
+            cpu_add: r.clone(),
+            cpu_add_budget: None,
+            cpu_remove: Err(reason.to_string()),
+            memory_grow: r.clone(),
+            memory_shrink: r.clone(),
+            memory_hotplug_min_boot: None,
+            disk_grow: r.clone(),
+            disk_grow_blocked: Vec::new(),
+            filesystem_grow: r.clone(),
+            disk_attach: r.clone(),
+            disk_detach: r.clone(),
+            hotplug_slots: None,
+            nic_add: r.clone(),
+            nic_remove: r.clone(),
+            bridge_only_unplug: false,
+            nic_update: r,
+        }
+    }
+
     /// Whether the NIC on `source` can be unplugged live, and if not, why.
     pub fn nic_remove_for(&self, source: &NetworkSource) -> Support {
         if !self.nic_remove.is_live() {

@@ -69,6 +69,9 @@ pub struct GuestDiskView {
     /// Where its filesystem is mounted, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<String>,
+    /// The mounted filesystem's type (`ext4`, `xfs`…), when mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_type: Option<String>,
 }
 
 impl GuestView {

@@ -1,0 +1,314 @@
+//! Live disks and NICs on the local backend, verified in the guest, data kept, failures rolled
+//! back. (Issue: live disks and NICs.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, doc};
+
+const MIB: u64 = 1 << 20;
+
+/// The guest device (vdX) whose serial is `disk`.
+fn dev(d: &Daemon, vm: &str, disk: &str) -> String {
+    let out = d.sh(
+        vm,
+        "for b in /sys/block/*; do [ -f $b/serial ] && echo \"$(cat $b/serial) ${b##*/}\"; done",
+    );
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(s, _)| *s == disk)
+        .map(|(_, dev)| dev.to_string())
+        .unwrap_or_else(|| panic!("no disk {disk} in the guest: {out}"))
+}
+
+fn fs_kib(d: &Daemon, vm: &str, mount: &str) -> u64 {
+    let out = d.exec(vm, &["df", "-k", mount]);
+    out.lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// QEMU's own view, through HMP (`info network`, `info qtree`…).
+fn hmp(d: &Daemon, vm: &str, command: &str) -> String {
+    let sock = d.home.join("vms/default").join(vm).join("qmp.sock");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let qmp = wukong_local::qmp::Qmp::connect(&sock, Duration::from_secs(5))
+            .await
+            .unwrap();
+        qmp.hmp(command).await.unwrap()
+    })
+}
+
+#[test]
+fn a_disk_grows_with_its_filesystem_live_after_a_snapshot_and_data_reads_back() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc("g1", "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n  - {name: data, size: 256Mi, snapshotBeforeGrow: true, filesystem: {type: ext4, mountPath: /data}}\n"));
+    d.sh(
+        "g1",
+        "dd if=/dev/urandom of=/data/blob bs=1M count=16 2>/dev/null; sync",
+    );
+    let sum = d.exec("g1", &["md5sum", "/data/blob"]);
+    let boot = d.boot_id("g1");
+    let out = d.apply(&doc("g1", "  disks:\n  - {name: system, size: 128Mi}\n  - {name: data, size: 1Gi, snapshotBeforeGrow: true, filesystem: {type: ext4, mountPath: /data}}\n"));
+    assert!(
+        out.contains("grow disk data") && out.contains("grow partition and filesystem on data"),
+        "{out}"
+    );
+    assert_eq!(d.disk_bytes("g1", "data"), Some(1024 * MIB));
+    assert!(
+        fs_kib(&d, "g1", "/data") * 1024 > 900 * MIB,
+        "filesystem fills the disk"
+    );
+    assert_eq!(
+        d.exec("g1", &["md5sum", "/data/blob"]),
+        sum,
+        "data written before reads back the same"
+    );
+    assert_eq!(d.boot_id("g1"), boot);
+    let snaps = std::process::Command::new("qemu-img")
+        .args(["snapshot", "-U", "-l"])
+        .arg(d.home.join("vms/default/g1/disks/data.qcow2"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&snaps.stdout).contains("wukong-pre-grow-"),
+        "{}",
+        String::from_utf8_lossy(&snaps.stdout)
+    );
+}
+
+#[test]
+fn a_partitioned_disk_grows_its_last_partition_and_filesystem() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc("g2", "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n  - {name: part, size: 256Mi}\n"));
+    let v = dev(&d, "g2", "part");
+    d.sh("g2", &format!("printf 'label: gpt\\n,,L\\n' | sfdisk -q /dev/{v} && partx -a /dev/{v} 2>/dev/null; /sbin/mke2fs -q -t ext4 /dev/{v}1 && mkdir -p /part && mount /dev/{v}1 /part && dd if=/dev/urandom of=/part/blob bs=1M count=8 2>/dev/null && sync"));
+    let sum = d.exec("g2", &["md5sum", "/part/blob"]);
+    let boot = d.boot_id("g2");
+    let out = d.apply(&doc(
+        "g2",
+        "  disks:\n  - {name: system, size: 128Mi}\n  - {name: part, size: 768Mi}\n",
+    ));
+    assert!(
+        out.contains("grow partition and filesystem on part"),
+        "{out}"
+    );
+    let part_bytes: u64 = d
+        .exec("g2", &["cat", &format!("/sys/block/{v}/{v}1/size")])
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        * 512;
+    assert!(part_bytes > 760 * MIB, "partition grown: {part_bytes}");
+    assert!(fs_kib(&d, "g2", "/part") * 1024 > 700 * MIB);
+    assert_eq!(d.exec("g2", &["md5sum", "/part/blob"]), sum);
+    let verify = d.exec("g2", &["sfdisk", "--verify", &format!("/dev/{v}")]);
+    assert!(verify.contains("No errors detected"), "{verify}");
+    assert_eq!(d.boot_id("g2"), boot);
+}
+
+#[test]
+fn attach_and_detach_live_keep_the_image_and_its_data() {
+    let d = Daemon::start(&[]);
+    let base = "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n";
+    d.apply(&doc("a1", base));
+    let boot = d.boot_id("a1");
+    let with = format!(
+        "{base}  - {{name: data, size: 128Mi, filesystem: {{type: ext4, mountPath: /data}}}}\n"
+    );
+    let out = d.apply(&doc("a1", &with));
+    assert!(
+        out.contains("attach disk data") && out.contains("create ext4 on data"),
+        "{out}"
+    );
+    assert_eq!(d.disk_bytes("a1", "data"), Some(128 * MIB));
+    d.sh("a1", "echo kept > /data/f; sync");
+    let out = d.apply(&doc("a1", base));
+    assert!(out.contains("detach disk data"), "{out}");
+    assert_eq!(d.disk_bytes("a1", "data"), None);
+    assert!(
+        !hmp(&d, "a1", "info block").contains("node-data"),
+        "no block node left"
+    );
+    assert!(
+        d.home.join("vms/default/a1/disks/data.qcow2").exists(),
+        "image kept"
+    );
+    // Attached again, the same image comes back with its data (it is not formatted again).
+    d.apply(&doc("a1", &with));
+    assert_eq!(d.exec("a1", &["cat", "/data/f"]), "kept\n");
+    assert_eq!(d.boot_id("a1"), boot);
+}
+
+#[test]
+fn a_busy_disk_is_not_detached() {
+    let d = Daemon::start(&[]);
+    let base = "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n";
+    d.apply(&doc(
+        "b1",
+        &format!(
+            "{base}  - {{name: data, size: 128Mi, filesystem: {{type: ext4, mountPath: /data}}}}\n"
+        ),
+    ));
+    d.sh(
+        "b1",
+        "(cd /data && exec sleep 600) </dev/null >/dev/null 2>&1 &",
+    );
+    let out = d.wk_in(&["apply", "-f", "-"], &doc("b1", base));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("busy"), "{text}");
+    assert_eq!(
+        d.disk_bytes("b1", "data"),
+        Some(128 * MIB),
+        "still attached"
+    );
+    assert!(
+        d.exec("b1", &["df", "-k", "/data"]).contains("/data"),
+        "still mounted"
+    );
+}
+
+#[test]
+fn an_attach_the_guest_never_sees_is_rolled_back() {
+    let d = Daemon::start(&["--verify-timeout", "3s"]);
+    let base = "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n";
+    d.apply(&doc("r1", base));
+    // New virtio devices stay unbound: the guest never gets a block device.
+    d.sh("r1", "echo 0 > /sys/bus/virtio/drivers_autoprobe");
+    let out = d.wk_in(
+        &["apply", "-f", "-"],
+        &doc("r1", &format!("{base}  - {{name: ghost, size: 64Mi}}\n")),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("does not see disk ghost") && text.contains("undone"),
+        "{text}"
+    );
+    assert!(
+        !hmp(&d, "r1", "info qtree").contains("disk-ghost"),
+        "the device was unplugged again"
+    );
+    let o = d.get("r1");
+    assert_eq!(o["status"]["lastOperation"]["phase"], "Failed");
+    assert_eq!(d.condition("r1", "Degraded").unwrap().0, "True");
+}
+
+#[test]
+fn a_nic_added_then_removed_leaves_no_device_behind() {
+    let d = Daemon::start(&[]);
+    let base = "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n  networks:\n  - {name: default, user: {}}\n";
+    d.apply(&doc("n1", base));
+    let boot = d.boot_id("n1");
+    let macs = |d: &Daemon| {
+        d.sh(
+            "n1",
+            "for n in /sys/class/net/*; do [ ${n##*/} = lo ] || cat $n/address; done",
+        )
+    };
+    let out = d.apply(&doc(
+        "n1",
+        &format!("{base}  - {{name: extra, user: {{}}, mac: '52:54:00:12:34:99'}}\n"),
+    ));
+    assert!(out.contains("add NIC extra"), "{out}");
+    assert!(macs(&d).contains("52:54:00:12:34:99"));
+    assert!(hmp(&d, "n1", "info network").contains("net-extra"));
+    let out = d.apply(&doc("n1", base));
+    assert!(out.contains("remove NIC extra"), "{out}");
+    assert!(!macs(&d).contains("52:54:00:12:34:99"));
+    let net = hmp(&d, "n1", "info network");
+    assert!(
+        !net.contains("net-extra") && !net.contains("nic-extra"),
+        "{net}"
+    );
+    assert!(!hmp(&d, "n1", "info qtree").contains("nic-extra"));
+    // networks: [] removes every NIC.
+    d.apply(&doc("n1", "  networks: []\n"));
+    assert_eq!(macs(&d).trim(), "");
+    assert_eq!(d.boot_id("n1"), boot);
+}
+
+#[test]
+fn a_stopped_guest_agent_fails_the_operation_in_time_and_rolls_back() {
+    let d = Daemon::start(&["--verify-timeout", "3s", "--agent-timeout", "2s"]);
+    let base = "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n";
+    d.apply(&doc("s1", base));
+    // Freeze the agent once this command has returned, then wait until it no longer answers.
+    d.sh(
+        "s1",
+        "(sleep 0.5; kill -STOP $(pidof qemu-ga)) </dev/null >/dev/null 2>&1 &",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.wk(&["exec", "s1", "--", "true"]).status.success() {
+        assert!(Instant::now() < deadline, "the agent kept answering");
+    }
+    let t0 = Instant::now();
+    let out = d.wk_in(
+        &["apply", "-f", "-"],
+        &doc("s1", &format!("{base}  - {{name: late, size: 64Mi}}\n")),
+    );
+    let took = t0.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("guest agent"), "{text}");
+    assert!(
+        took < Duration::from_secs(60),
+        "failed within its timeouts, took {took:?}"
+    );
+    assert!(
+        !hmp(&d, "s1", "info qtree").contains("disk-late"),
+        "the attach was undone"
+    );
+    d.wait_for("s1", "Ready false", Duration::from_secs(30), |o| {
+        o["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "False")
+        })
+    });
+}
+
+#[test]
+fn rollback_returns_to_the_last_converged_spec_and_disks_stay_grown() {
+    let d = Daemon::start(&["--verify-timeout", "3s"]);
+    let base = "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n  - {name: data, size: 128Mi, filesystem: {type: ext4, mountPath: /data}}\n";
+    d.apply(&doc("rb", base));
+    d.sh("rb", "echo 0 > /sys/bus/virtio/drivers_autoprobe");
+    // Grows data (live, works), then attaches a disk the guest never sees (fails).
+    let out = d.wk_in(&["apply", "-f", "-"], &doc("rb", "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n  - {name: data, size: 256Mi, filesystem: {type: ext4, mountPath: /data}}\n  - {name: ghost, size: 64Mi}\n"));
+    assert!(!out.status.success());
+    assert_eq!(d.disk_bytes("rb", "data"), Some(256 * MIB));
+    let out = d.wk(&["rollback", "rb"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("disk data stays at 256Mi"), "{text}");
+    let o = d.get("rb");
+    let disks = o["spec"]["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2, "the failed disk is gone from the spec");
+    assert_eq!(disks[1]["size"], "256Mi");
+    assert_eq!(d.disk_bytes("rb", "data"), Some(256 * MIB));
+}

@@ -2,6 +2,7 @@
 //! planner, engine or daemon crates and prints the answer; no resize logic lives here.
 #![forbid(unsafe_code)]
 
+mod demo;
 mod offline;
 mod output;
 mod progress;
@@ -207,6 +208,11 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Boot a VM and change its vCPUs, memory, disks and NICs live, verified in the guest.
+    Demo {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// The default guest image.
     Image {
         #[command(subcommand)]
@@ -400,5 +406,6 @@ async fn run(command: Command) -> Result<i32, Failure> {
             command: ImageCommand::Build { dir },
         } => ok(remote::image_build(&remote::image_dir(dir)).await),
         Command::Serve(args) => ok(serve::serve(args).await),
+        Command::Demo { target } => ok(demo::run(&target.target()).await),
     }
 }

@@ -98,6 +98,17 @@ impl Target {
     }
 }
 
+/// How an operation that was followed went.
+#[derive(Clone, Debug, Default)]
+pub struct Followed {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Each step carried out: (description, mode, milliseconds to guest-verified).
+    pub steps: Vec<(String, String, u64)>,
+    /// Why it failed.
+    pub message: Option<String>,
+}
+
 /// Follows the VM's events after `seq` until an operation finishes; returns whether it
 /// succeeded.
 pub async fn follow(
@@ -107,16 +118,49 @@ pub async fn follow(
     seq: u64,
     timeout: Duration,
 ) -> Result<bool, Failure> {
+    Ok(follow_steps(client, t, name, seq, timeout).await?.ok)
+}
+
+/// Like [`follow`], also collecting each step's time.
+pub async fn follow_steps(
+    client: &Client,
+    t: &Target,
+    name: &str,
+    seq: u64,
+    timeout: Duration,
+) -> Result<Followed, Failure> {
     let mut lines = client
         .stream(&format!("{}/events?watch=true&since={seq}", t.path(name)))
         .await?;
     let mut r = Renderer::new();
+    let mut started: std::collections::HashMap<usize, (String, String)> = Default::default();
+    let mut out = Followed::default();
     let wait = async {
         while let Some(line) = lines.next().await {
-            if let Ok(e) = serde_json::from_str::<StoredEvent>(&line)
-                && let Some(ok) = r.show(&e)
-            {
-                return Ok(ok);
+            let Ok(e) = serde_json::from_str::<StoredEvent>(&line) else {
+                continue;
+            };
+            match &e.event {
+                wukong_engine::Event::StepStarted { index, step, .. } => {
+                    started.insert(*index, (step.action.describe(), step.mode.to_string()));
+                }
+                wukong_engine::Event::StepDone {
+                    index, duration_ms, ..
+                } => {
+                    if let Some((d, m)) = started.get(index) {
+                        out.steps.push((d.clone(), m.clone(), *duration_ms));
+                    }
+                }
+                wukong_engine::Event::Restarted { duration_ms, .. } => {
+                    out.steps
+                        .push(("restart".into(), "restart".into(), *duration_ms));
+                }
+                wukong_engine::Event::Finished { message, .. } => out.message = message.clone(),
+                _ => {}
+            }
+            if let Some(ok) = r.show(&e) {
+                out.ok = ok;
+                return Ok(out);
             }
         }
         Err(Failure::Failed("the daemon closed the event stream".into()))

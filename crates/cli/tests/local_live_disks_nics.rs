@@ -126,7 +126,7 @@ fn attach_and_detach_live_keep_the_image_and_its_data() {
     );
     let out = d.apply(&doc("a1", &with));
     assert!(
-        out.contains("attach disk data") && out.contains("create ext4 on data"),
+        out.contains("attach disk data") && out.contains("format data as ext4 if blank"),
         "{out}"
     );
     assert_eq!(d.disk_bytes("a1", "data"), Some(128 * MIB));

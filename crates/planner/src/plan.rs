@@ -245,7 +245,7 @@ impl Action {
                 format!("attach disk {} ({})", disk.name, human_bytes(disk.size))
             }
             Action::CreateFilesystem { disk, filesystem } => format!(
-                "create {} on {disk}, mount at {}",
+                "format {disk} as {} if blank, mount at {}",
                 fs_name(filesystem.fs_type),
                 filesystem.mount_path
             ),

@@ -129,8 +129,7 @@ pub async fn run(t: &Target) -> Result<(), Failure> {
         Err(e) => return Err(e.into()),
     }
     println!(
-        "== create {VM}: 1 vCPU, 512Mi, a 1Gi ext4 system disk (QEMU, {})",
-        "guest built from Debian packages"
+        "== create {VM}: 1 vCPU, 512Mi, a 1Gi ext4 system disk (QEMU, guest built from Debian packages)"
     );
     let t0 = Instant::now();
     let (_, seq) = client

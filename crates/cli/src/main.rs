@@ -41,6 +41,13 @@ impl From<BackendArg> for BackendKind {
     }
 }
 
+/// Render targets.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RenderTarget {
+    /// KubeVirt VirtualMachine and PVCs.
+    Kubevirt,
+}
+
 /// Output formats.
 #[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
 enum Format {
@@ -97,8 +104,25 @@ enum Command {
         /// Plan as if it were this time (RFC 3339), for restart windows (with --observed).
         #[arg(long)]
         now: Option<jiff::Timestamp>,
+        /// With --backend kubevirt: the cluster's objects (KubeVirt CR, VirtualMachine,
+        /// VirtualMachineInstance, StorageClasses, PVCs) as YAML; the plan then says what is
+        /// live on this cluster.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
         #[command(flatten)]
         target: TargetArgs,
+    },
+    /// Print the objects a Wukong becomes on a cluster (the operator's own rendering).
+    Render {
+        /// File with one or more Wukong documents (`-` for stdin).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// What to render for.
+        #[arg(long, value_enum, default_value = "kubevirt")]
+        target: RenderTarget,
+        /// Output format (yaml or json).
+        #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+        output: Format,
     },
     /// Print the CustomResourceDefinition (as committed in deploy/crd.yaml).
     Crd,
@@ -334,6 +358,7 @@ async fn run(command: Command) -> Result<i32, Failure> {
             qemu_version,
             output,
             now,
+            cluster,
             ..
         } => ok(offline::plan(
             &file,
@@ -342,7 +367,9 @@ async fn run(command: Command) -> Result<i32, Failure> {
             &qemu_version,
             output,
             now.unwrap_or_else(jiff::Timestamp::now),
+            cluster.as_deref(),
         )),
+        Command::Render { file, output, .. } => ok(offline::render(&file, output)),
         Command::Plan {
             file,
             observed: None,

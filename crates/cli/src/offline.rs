@@ -53,8 +53,10 @@ pub fn plan(
     qemu_version: &str,
     output: Format,
     now: jiff::Timestamp,
+    cluster: Option<&Path>,
 ) -> Result<(), Failure> {
     let observed_docs = documents(observed_path)?;
+    let facts = cluster.map(cluster_facts).transpose()?;
     let qemu = parse_qemu_version(qemu_version)?;
     let mut plans = Vec::new();
     for d in documents(path)? {
@@ -68,16 +70,31 @@ pub fn plan(
                     observed_path.display()
                 ))
             })?;
-        let (observed, pinned) = observed_vm(current, backend)?;
+        let (mut observed, pinned) = observed_vm(current, backend)?;
         let merged = merge_spec(&observed.config.to_spec(), &d.raw_spec)
             .map_err(|e| Failure::from_kind(e.kind(), format!("{name}: {e}")))?;
         wukong_api::validate::validate_for_backend(&merged, backend)
             .map_err(|e| Failure::from_kind(e.kind(), format!("{name}: {e}")))?;
         let desired = resolve(&name, &merged, &pinned)
             .map_err(|e| Failure::from_kind(e.kind(), format!("{name}: {e}")))?;
-        let caps = match backend {
-            BackendKind::Local => Capabilities::local(qemu, None, None),
-            BackendKind::Kubevirt => Capabilities::kubevirt(),
+        let caps = match (backend, &facts) {
+            (BackendKind::Local, _) => Capabilities::local(qemu, None, None),
+            (BackendKind::Kubevirt, None) => Capabilities::kubevirt(),
+            (BackendKind::Kubevirt, Some(f)) => {
+                let disks: Vec<(String, Option<String>)> = desired
+                    .disks
+                    .iter()
+                    .map(|d| (d.name.clone(), d.storage_class.clone()))
+                    .collect();
+                let pf = wukong_kubevirt::preflight(&name, f, &disks);
+                if let Some(b) = pf.guest_at_boot {
+                    observed.boot_memory = b;
+                }
+                for n in &pf.notes {
+                    eprintln!("{name}: cluster: {n}");
+                }
+                pf.capabilities
+            }
         };
         let p = make_plan(&desired, &observed, &caps, now)
             .map_err(|e| Failure::NotAllowed(format!("{name}: {e}")))?;
@@ -121,4 +138,47 @@ fn parse_qemu_version(s: &str) -> Result<QemuVersion, Failure> {
         major: major.parse().map_err(|_| bad())?,
         minor: minor.parse().map_err(|_| bad())?,
     })
+}
+
+/// The cluster objects of `--cluster`.
+fn cluster_facts(path: &Path) -> Result<wukong_kubevirt::ClusterFacts, Failure> {
+    let text = read_input(path)?;
+    let mut objects = Vec::new();
+    for de in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(de)
+            .map_err(|e| Failure::Invalid(format!("{}: {e}", path.display())))?;
+        if !v.is_null() {
+            objects.push(v);
+        }
+    }
+    Ok(wukong_kubevirt::ClusterFacts::from_objects(objects))
+}
+
+/// `wukong render -f FILE --target kubevirt`: the objects the operator creates, resolved with
+/// the creation defaults (ceilings and boot disk pinned from `status` when given).
+pub fn render(path: &Path, output: Format) -> Result<(), Failure> {
+    let mut out = Vec::new();
+    for d in documents(path)? {
+        let (observed, _) = observed_vm(&d, BackendKind::Kubevirt)?;
+        let name = d.wukong.metadata.name.clone().unwrap_or_default();
+        let ns = d
+            .wukong
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let r = wukong_kubevirt::render(&name, &ns, &observed.config);
+        out.push(r.vm);
+        out.extend(r.pvcs);
+    }
+    match output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()),
+        _ => {
+            for o in out {
+                println!("---");
+                print!("{}", serde_yaml::to_string(&o).unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
 }

@@ -233,3 +233,79 @@ fn crd_matches_the_committed_file() {
         "run `wukong crd > deploy/crd.yaml`"
     );
 }
+
+#[test]
+fn render_prints_the_vm_and_one_pvc_per_disk() {
+    let out = wukong(
+        &[
+            "render",
+            "-f",
+            "examples/attach-data-disk.yaml",
+            "-o",
+            "json",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "VirtualMachine",
+            "PersistentVolumeClaim",
+            "PersistentVolumeClaim"
+        ]
+    );
+    assert_eq!(
+        v[0]["spec"]["template"]["spec"]["volumes"][1]["persistentVolumeClaim"]["hotpluggable"],
+        true
+    );
+}
+
+#[test]
+fn a_cluster_without_live_migration_plans_cpu_as_a_restart() {
+    let cluster =
+        "kind: KubeVirt\nspec: {workloadUpdateStrategy: {workloadUpdateMethods: [Evict]}}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.yaml");
+    std::fs::write(&path, cluster).unwrap();
+    let out = wukong(
+        &[
+            "plan",
+            "-f",
+            "examples/cpu-2-to-4.yaml",
+            "--observed",
+            "examples/observed-my-vm.yaml",
+            "--backend",
+            "kubevirt",
+            "--cluster",
+            path.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["steps"][0]["mode"], "restart");
+    assert!(
+        v[0]["steps"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("LiveMigrate")
+    );
+}

@@ -72,6 +72,9 @@ pub struct OperationReport {
     pub generation: i64,
     /// Restart-only steps still waiting, with the reason.
     pub pending: Option<(String, Vec<Step>)>,
+    /// The VM as last observed by the operation (after its last verified step), when that
+    /// observation is still current.
+    pub observed: Option<Observed>,
 }
 
 /// Timing knobs.
@@ -165,8 +168,10 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
             message: None,
             generation: target.generation,
             pending: None,
+            observed: None,
         };
         if current.is_empty() {
+            report.observed = Some(observed);
             return Ok(report);
         }
         self.tell(
@@ -332,6 +337,9 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                     .steps
                     .extend(restart_steps.into_iter().map(|s| (s, StepOutcome::Pending)));
             }
+        }
+        if report.succeeded {
+            report.observed = Some(observed);
         }
         self.finish(vm, report)
     }

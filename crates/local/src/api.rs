@@ -129,26 +129,52 @@ fn latest_seq(d: &Daemon) -> u64 {
         .unwrap_or(0)
 }
 
+/// The per-VM subresources and their handlers.
+fn subresources() -> Vec<(&'static str, axum::routing::MethodRouter<Arc<Daemon>>)> {
+    vec![
+        ("plan", post(plan)),
+        ("start", post(start)),
+        ("stop", post(stop)),
+        ("restart", post(restart)),
+        ("rollback", post(rollback)),
+        ("exec", post(exec)),
+        ("logs", get(logs)),
+        ("events", get(events)),
+    ]
+}
+
+/// Every path the API serves, spelled as in `docs/api.yaml`.
+pub fn paths() -> Vec<String> {
+    let one = format!("{PREFIX}/namespaces/{{namespace}}/wukongs/{{name}}");
+    let mut v = vec![
+        format!("{PREFIX}/wukongs"),
+        format!("{PREFIX}/namespaces/{{namespace}}/wukongs"),
+        one.clone(),
+    ];
+    v.extend(
+        subresources()
+            .into_iter()
+            .map(|(sub, _)| format!("{one}/{sub}")),
+    );
+    v.push("/healthz".into());
+    v
+}
+
 /// The router of the API.
 pub fn router(daemon: Arc<Daemon>) -> Router {
     let one = format!("{PREFIX}/namespaces/{{ns}}/wukongs/{{name}}");
-    Router::new()
+    let mut r = Router::new()
         .route(&format!("{PREFIX}/wukongs"), get(list_all))
         .route(
             &format!("{PREFIX}/namespaces/{{ns}}/wukongs"),
             get(list).post(create),
         )
         .route(&one, get(read).patch(patch).delete(delete))
-        .route(&format!("{one}/plan"), post(plan))
-        .route(&format!("{one}/start"), post(start))
-        .route(&format!("{one}/stop"), post(stop))
-        .route(&format!("{one}/restart"), post(restart))
-        .route(&format!("{one}/rollback"), post(rollback))
-        .route(&format!("{one}/exec"), post(exec))
-        .route(&format!("{one}/logs"), get(logs))
-        .route(&format!("{one}/events"), get(events))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(daemon)
+        .route("/healthz", get(|| async { "ok" }));
+    for (sub, handler) in subresources() {
+        r = r.route(&format!("{one}/{sub}"), handler);
+    }
+    r.with_state(daemon)
 }
 
 /// Requires `Authorization: Bearer TOKEN` (for the TCP listener).
@@ -680,4 +706,27 @@ async fn events(
         )))
     });
     Ok(ndjson(Body::from_stream(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn docs_api_yaml_documents_every_path() {
+        let doc: serde_json::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.yaml"))
+                .unwrap(),
+        )
+        .unwrap();
+        let documented: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+        let served = super::paths();
+        for p in &served {
+            assert!(
+                documented.contains(&p),
+                "{p} is served but not in docs/api.yaml"
+            );
+        }
+        for p in documented {
+            assert!(served.contains(p), "{p} is in docs/api.yaml but not served");
+        }
+    }
 }

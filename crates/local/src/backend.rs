@@ -387,19 +387,15 @@ impl LocalBackend {
     ) -> Result<(), BackendError> {
         let t = self.options.timeouts.agent;
         // First bring back vCPUs that are plugged but offline.
-        let offline: Vec<i64> = self
+        let vcpus = self
             .with_agent(vm, |q| async move { q.vcpus(t).await })
-            .await?
-            .into_iter()
-            .filter(|(_, online)| !online)
-            .map(|(id, _)| id)
+            .await?;
+        let offline: Vec<i64> = vcpus
+            .iter()
+            .filter(|(_, o)| !o)
+            .map(|(id, _)| *id)
             .collect();
-        let online_now = {
-            let v = self
-                .with_agent(vm, |q| async move { q.vcpus(t).await })
-                .await?;
-            v.iter().filter(|(_, o)| *o).count() as u32
-        };
+        let online_now = (vcpus.len() - offline.len()) as u32;
         let mut need = to.saturating_sub(online_now);
         let bring: Vec<(i64, bool)> = offline
             .iter()

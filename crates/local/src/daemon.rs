@@ -368,7 +368,10 @@ impl Daemon {
         outcome: Result<wukong_engine::OperationReport, wukong_engine::EngineError>,
         engine: &Engine<'_, LocalBackend, Recorder, Recorder>,
     ) {
-        let observed = engine.backend.observe(vm).await;
+        let observed = match outcome.as_ref().ok().and_then(|r| r.observed.clone()) {
+            Some(o) => Ok(o),
+            None => engine.backend.observe(vm).await,
+        };
         let _ = self.backend.store().update::<StoreError>(vm, None, |r| {
             let generation = r.object.metadata.generation;
             let st = r.object.status.get_or_insert_with(Default::default);

@@ -252,26 +252,30 @@ impl Qga {
 /// The fixed probe: no input is ever spliced into it. Tools that busybox also provides are
 /// called by absolute path (a static busybox `sh` prefers its own applets).
 const PROBE: &str = r#"
-echo "boot $(cat /proc/sys/kernel/random/boot_id)"
-echo "mem $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
-echo "cpus $(cat /sys/devices/system/cpu/online)"
+read b < /proc/sys/kernel/random/boot_id; echo "boot $b"
+while read k v u; do [ "$k" = MemTotal: ] && { echo "mem $v"; break; }; done < /proc/meminfo
+read c < /sys/devices/system/cpu/online; echo "cpus $c"
 for b in /sys/block/*; do
   [ -e "$b/device" ] || continue
-  d=${b##*/}
-  s=$(cat "$b/serial" 2>/dev/null)
-  echo "disk $d $(cat "$b/size") ${s:--}"
+  d=${b##*/}; s=; n=0
+  [ -f "$b/serial" ] && read s < "$b/serial"
+  read n < "$b/size"
+  echo "disk $d $n ${s:--}"
   for p in "$b/$d"*; do [ -e "$p/partition" ] && echo "part $d ${p##*/}"; done
 done
-for n in /sys/class/net/*; do [ "${n##*/}" = lo ] || echo "nic ${n##*/} $(cat "$n/address")"; done
+for n in /sys/class/net/*; do [ "${n##*/}" = lo ] || { read a < "$n/address"; echo "nic ${n##*/} $a"; }; done
 while read -r dev mnt type rest; do
   case $dev in /dev/*) ;; *) continue ;; esac
-  size=
-  case $type in ext2|ext3|ext4)
-    t=/sbin/tune2fs; [ -x $t ] || t=/usr/sbin/tune2fs
-    size=$($t -l "$dev" 2>/dev/null | awk -F: '/^Block count/ { c = $2 } /^Block size/ { s = $2 } END { if (c && s) printf "%.0f", c * s }') ;;
+  case $type in
+    ext2|ext3|ext4)
+      t=/sbin/tune2fs; [ -x $t ] || t=/usr/sbin/tune2fs
+      $t -l "$dev" 2>/dev/null | {
+        c=0; z=0
+        while IFS=: read k v; do case $k in "Block count") c=$v ;; "Block size") z=$v ;; esac; done
+        echo "fs ${dev#/dev/} $((c * z)) $mnt $type"
+      } ;;
+    *) df -P -k "$mnt" 2>/dev/null | { read h; read x k rest; echo "fs ${dev#/dev/} $((k * 1024)) $mnt $type"; } ;;
   esac
-  [ -n "$size" ] || size=$(df -P -k "$mnt" 2>/dev/null | awk 'NR == 2 { printf "%.0f", $2 * 1024 }')
-  echo "fs ${dev#/dev/} ${size:-0} $mnt $type"
 done < /proc/mounts
 "#;
 

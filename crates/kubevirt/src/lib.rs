@@ -1,0 +1,15 @@
+//! Wukong on KubeVirt, the pure part: what objects a `Wukong` becomes (render), which changes a
+//! given cluster can make live (preflight → capabilities for the planner), and the exact edits
+//! that carry a plan out. No cluster needed; the operator builds on it.
+#![forbid(unsafe_code)]
+
+pub mod edits;
+pub mod preflight;
+pub mod render;
+pub mod schema;
+pub mod webhook;
+
+pub use edits::{Edit, apply_patches, edits};
+pub use preflight::{ClusterFacts, Preflight, preflight};
+pub use render::{Rendered, expected_guest_size, render};
+pub use schema::Swagger;

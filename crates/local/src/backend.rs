@@ -602,14 +602,41 @@ impl LocalBackend {
         let image = VmFiles::disk(&dir, &disk.name);
         process::ensure_disk_image(&image, disk.size).await?;
         let qmp = self.qmp(vm).await?;
+        let present = qmp.peripherals().await?;
+        if !present.contains(&disk_id(&disk.name)) {
+            self.plug_disk(vm, &qmp, disk, &image).await?;
+        }
+        // A device QEMU already has (an attach cut short by a crash) is adopted.
+        let d = disk.clone();
+        self.update(vm, |r| {
+            r.definition.disks.retain(|x| x.name != d.name);
+            r.definition.disks.push(d);
+        })?;
+        Ok(())
+    }
+
+    async fn plug_disk(
+        &self,
+        vm: &VmRef,
+        qmp: &Qmp,
+        disk: &DiskConfig,
+        image: &std::path::Path,
+    ) -> Result<(), BackendError> {
         let port = self.free_port(vm, &disk_id(&disk.name)).await?;
-        qmp.run(BlockdevAdd(json!({
-            "driver": "qcow2",
-            "node-name": node_name(&disk.name),
-            "discard": "unmap",
-            "file": {"driver": "file", "filename": image.to_string_lossy()},
-        })))
-        .await?;
+        let node_exists = qmp
+            .run(qmp::query_named_block_nodes { flat: Some(true) })
+            .await?
+            .iter()
+            .any(|n| n.node_name.as_deref() == Some(node_name(&disk.name).as_str()));
+        if !node_exists {
+            qmp.run(BlockdevAdd(json!({
+                "driver": "qcow2",
+                "node-name": node_name(&disk.name),
+                "discard": "unmap",
+                "file": {"driver": "file", "filename": image.to_string_lossy()},
+            })))
+            .await?;
+        }
         let mut props = serde_json::Map::new();
         props.insert("drive".into(), json!(node_name(&disk.name)));
         props.insert("serial".into(), json!(disk.name));
@@ -625,11 +652,6 @@ impl LocalBackend {
             self.release_port(vm, &disk_id(&disk.name))?;
             return Err(e);
         }
-        let d = disk.clone();
-        self.update(vm, |r| {
-            r.definition.disks.retain(|x| x.name != d.name);
-            r.definition.disks.push(d);
-        })?;
         Ok(())
     }
 
@@ -683,6 +705,24 @@ impl LocalBackend {
 
     async fn add_nic(&self, vm: &VmRef, nic: &NicConfig) -> Result<(), BackendError> {
         let qmp = self.qmp(vm).await?;
+        if !qmp.peripherals().await?.contains(&nic_id(&nic.name)) {
+            self.plug_nic(vm, &qmp, nic).await?;
+        }
+        // A NIC QEMU already has (an add cut short by a crash) is adopted.
+        let n = nic.clone();
+        self.update(vm, |r| {
+            r.definition.networks.retain(|x| x.name != n.name);
+            r.definition.networks.push(n);
+        })?;
+        Ok(())
+    }
+
+    async fn plug_nic(&self, vm: &VmRef, qmp: &Qmp, nic: &NicConfig) -> Result<(), BackendError> {
+        let _ = qmp
+            .run(qmp::netdev_del {
+                id: netdev_id(&nic.name),
+            })
+            .await;
         let port = self.free_port(vm, &nic_id(&nic.name)).await?;
         let props: serde_json::Map<String, serde_json::Value> = machine::netdev_props(nic)
             .into_iter()
@@ -743,6 +783,26 @@ impl LocalBackend {
         apply(&mut o, action);
         self.update(vm, |r| r.definition = o.config)?;
         Ok(())
+    }
+}
+
+/// The virtio-mem device's plugged size once it matches what was requested: a resize in
+/// flight (e.g. one a crashed daemon started) would make the guest's view and QEMU's disagree.
+/// Waits at most 5 s (a guest that refuses memory never settles).
+async fn settled_memory(qmp: &Qmp) -> Result<u64, BackendError> {
+    let path = format!("/machine/peripheral/{VMEM_ID}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let size = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
+        let requested = qmp
+            .qom_get(&path, "requested-size")
+            .await?
+            .as_u64()
+            .unwrap_or(0);
+        if size == requested || tokio::time::Instant::now() >= deadline {
+            return Ok(size);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -860,10 +920,7 @@ impl Backend for LocalBackend {
             .count() as u32;
         let peripherals = qmp.peripherals().await?;
         let hotplug_memory = if peripherals.iter().any(|p| p == VMEM_ID) {
-            qmp.qom_get(&format!("/machine/peripheral/{VMEM_ID}"), "size")
-                .await?
-                .as_u64()
-                .unwrap_or(0)
+            settled_memory(&qmp).await?
         } else {
             0
         };

@@ -107,6 +107,10 @@ fn a_guest_below_1gi_gets_no_max_guest_and_a_filesystem_pvc_shows_less() {
     assert_eq!(r.pvcs[0]["spec"]["storageClassName"], "fast");
     assert_eq!(r.pvcs[0]["spec"]["volumeMode"], "Filesystem");
     assert_eq!(pvc_problems(&s, &r.pvcs[0]), Vec::<String>::new());
+    insta::assert_snapshot!(
+        "small-vm-filesystem-pvc",
+        format!("{}---\n{}", yaml(&r.vm), yaml(&r.pvcs[0]))
+    );
     let guest = expected_guest_size(10 << 30, wukong_api::VolumeMode::Filesystem, 0.055);
     assert!(guest < 10 << 30 && guest.is_multiple_of(1 << 20));
     assert_eq!(

@@ -489,37 +489,45 @@ async fn start(
     State(d): State<Arc<Daemon>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> ApiResult {
-    if switch_strategy(
-        &d,
-        &ns,
-        &name,
+    start_or_stop(
+        d,
+        ns,
+        name,
         wukong_api::RunStrategy::Halted,
         wukong_api::RunStrategy::Always,
-    )? {
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"kind": "Status", "status": "Success", "message": "runStrategy set to Always"}),
-            latest_seq(&d),
-        ));
-    }
-    lifecycle(d, ns, name, Command::Start).await
+        Command::Start,
+    )
+    .await
 }
 
 async fn stop(State(d): State<Arc<Daemon>>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    if switch_strategy(
-        &d,
-        &ns,
-        &name,
+    start_or_stop(
+        d,
+        ns,
+        name,
         wukong_api::RunStrategy::Always,
         wukong_api::RunStrategy::Halted,
-    )? {
+        Command::Stop,
+    )
+    .await
+}
+
+async fn start_or_stop(
+    d: Arc<Daemon>,
+    ns: String,
+    name: String,
+    from: wukong_api::RunStrategy,
+    to: wukong_api::RunStrategy,
+    command: Command,
+) -> ApiResult {
+    if switch_strategy(&d, &ns, &name, from, to)? {
         return Ok(json_response(
             StatusCode::OK,
-            &json!({"kind": "Status", "status": "Success", "message": "runStrategy set to Halted"}),
+            &json!({"kind": "Status", "status": "Success", "message": format!("runStrategy set to {to:?}")}),
             latest_seq(&d),
         ));
     }
-    lifecycle(d, ns, name, Command::Stop).await
+    lifecycle(d, ns, name, command).await
 }
 
 fn switch_strategy(

@@ -686,10 +686,7 @@ impl LocalBackend {
             .await?;
         }
         let qmp = self.qmp(vm).await?;
-        if qmp.peripherals().await?.contains(&disk_id(name)) {
-            qmp.device_del(&disk_id(name), self.options.timeouts.unplug)
-                .await?;
-        }
+        self.unplug(&qmp, &disk_id(name)).await?;
         let _ = qmp
             .run(qmp::blockdev_del {
                 node_name: node_name(name),
@@ -752,12 +749,17 @@ impl LocalBackend {
         Ok(())
     }
 
+    /// Unplugs device `id` if QEMU has it, waiting until the guest releases it.
+    async fn unplug(&self, qmp: &Qmp, id: &str) -> Result<(), BackendError> {
+        if qmp.peripherals().await?.iter().any(|p| p == id) {
+            qmp.device_del(id, self.options.timeouts.unplug).await?;
+        }
+        Ok(())
+    }
+
     async fn remove_nic(&self, vm: &VmRef, name: &str) -> Result<(), BackendError> {
         let qmp = self.qmp(vm).await?;
-        if qmp.peripherals().await?.contains(&nic_id(name)) {
-            qmp.device_del(&nic_id(name), self.options.timeouts.unplug)
-                .await?;
-        }
+        self.unplug(&qmp, &nic_id(name)).await?;
         let _ = qmp
             .run(qmp::netdev_del {
                 id: netdev_id(name),

@@ -121,16 +121,10 @@ impl Recorder {
             .daemon
             .backend
             .store()
-            .append_event(vm, event)
-            .map_err(|e| e.to_string())?;
-        let _ = self
-            .daemon
-            .backend
-            .store()
-            .update::<StoreError>(vm, None, |r| {
+            .append_event_and(vm, event, |r| {
                 status::apply_event(r.object.status.get_or_insert_with(Default::default), event);
-                Ok(())
-            });
+            })
+            .map_err(|e| e.to_string())?;
         let _ = self.daemon.events.send(stored);
         Ok(())
     }
@@ -148,19 +142,9 @@ impl Journal for Recorder {
 
 impl EventSink for Recorder {
     fn emit(&self, vm: &VmRef, event: &Event) {
-        // Journaled events were broadcast by `record`; progress is only broadcast.
+        // Journaled events were broadcast by `record`. Progress is only broadcast (for progress
+        // bars and watchers), never written: it is frequent and worthless after the step.
         if let Event::StepProgress { .. } = event {
-            let _ = self
-                .daemon
-                .backend
-                .store()
-                .update::<StoreError>(vm, None, |r| {
-                    status::apply_event(
-                        r.object.status.get_or_insert_with(Default::default),
-                        event,
-                    );
-                    Ok(())
-                });
             let _ = self.daemon.events.send(StoredEvent {
                 seq: 0,
                 time: jiff::Timestamp::now().to_string(),

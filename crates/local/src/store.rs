@@ -216,7 +216,34 @@ impl Store {
 
     /// Appends an event durably; returns it with its sequence number.
     pub fn append_event(&self, vm: &VmRef, event: &Event) -> Result<StoredEvent, StoreError> {
+        self.append_event_and(vm, event, |_| {})
+    }
+
+    /// Appends an event and applies `f` to the VM's record (if it exists) in one transaction:
+    /// the journal and the status it implies are written together.
+    pub fn append_event_and(
+        &self,
+        vm: &VmRef,
+        event: &Event,
+        f: impl FnOnce(&mut VmRecord),
+    ) -> Result<StoredEvent, StoreError> {
         let txn = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut table = txn.open_table(VMS).map_err(dberr)?;
+            let current = table
+                .get(key(vm).as_str())
+                .map_err(dberr)?
+                .map(|v| decode(&key(vm), v.value()))
+                .transpose()?;
+            if let Some(mut record) = current {
+                f(&mut record);
+                let rv = next_version(&txn)?;
+                record.object.metadata.resource_version = Some(rv.to_string());
+                table
+                    .insert(key(vm).as_str(), encode(&record).as_slice())
+                    .map_err(dberr)?;
+            }
+        }
         let stored = {
             let mut table = txn.open_table(EVENTS).map_err(dberr)?;
             let seq = table

@@ -81,6 +81,9 @@ pub struct DiskConfig {
     pub bus: DiskBus,
     /// Filesystem created on it while blank.
     pub filesystem: Option<FilesystemSpec>,
+    /// Where its content comes from at creation.
+    #[serde(default)]
+    pub source: Option<crate::types::DiskSource>,
     /// Snapshot the disk before growing it.
     #[serde(default)]
     pub snapshot_before_grow: bool,
@@ -162,6 +165,7 @@ impl VmConfig {
                         hotpluggable: (!d.boot).then_some(d.hotpluggable),
                         bus: Some(d.bus),
                         filesystem: d.filesystem.clone(),
+                        source: d.source.clone(),
                         snapshot_before_grow: d.snapshot_before_grow.then_some(true),
                         storage_class: d.storage_class.clone(),
                         volume_mode: d.volume_mode,
@@ -355,6 +359,7 @@ pub fn resolve(vm: &str, spec: &WukongSpec, pinned: &Pinned) -> Result<VmConfig,
                     && d.hotpluggable.unwrap_or(true),
                 bus: d.bus.unwrap_or_default(),
                 filesystem: d.filesystem.clone(),
+                source: d.source.clone(),
                 snapshot_before_grow: d.snapshot_before_grow.unwrap_or(false),
                 storage_class: d.storage_class.clone(),
                 volume_mode: d.volume_mode,

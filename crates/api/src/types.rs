@@ -150,6 +150,10 @@ pub struct DiskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<FilesystemSpec>,
 
+    /// Where the disk's content comes from when it is created (blank when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<DiskSource>,
+
     /// Take a snapshot of the disk before each grow (local: an internal qcow2 snapshot named
     /// `wukong-pre-grow-<time>`; clusters: a VolumeSnapshot). Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,6 +167,16 @@ pub struct DiskSpec {
     /// guest a little less than its size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_mode: Option<VolumeMode>,
+}
+
+/// The content a disk starts from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskSource {
+    /// Local backend: an absolute path to a qcow2 or raw image on the host. It is copied when
+    /// the disk is created and never modified.
+    #[schemars(regex(pattern = r"^/.*$"), length(min = 2))]
+    pub image: String,
 }
 
 /// Disk bus.

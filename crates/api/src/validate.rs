@@ -443,6 +443,21 @@ pub fn validate_for_backend(spec: &WukongSpec, backend: BackendKind) -> Result<(
             ));
         }
     }
+    for (i, d) in spec.disks.iter().flatten().enumerate() {
+        if let Some(src) = &d.source {
+            if backend != BackendKind::Local {
+                errors.push(FieldError::invalid(
+                    format!("spec.disks[{i}].source.image"),
+                    "host images are for the local backend only",
+                ));
+            } else if !src.image.starts_with('/') {
+                errors.push(FieldError::invalid(
+                    format!("spec.disks[{i}].source.image"),
+                    format!("'{}' is not an absolute path", src.image),
+                ));
+            }
+        }
+    }
     if backend == BackendKind::Local {
         for (i, d) in spec.disks.iter().flatten().enumerate() {
             if d.storage_class.is_some() || d.volume_mode.is_some() {

@@ -26,8 +26,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WUKONG_IMAGE_DIR")]
     image_dir: Option<PathBuf>,
     /// Boot your own kernel instead of the default guest's.
-    #[arg(long, requires = "initrd")]
+    #[arg(long, requires = "initrd", conflicts_with = "firmware")]
     kernel: Option<PathBuf>,
+    /// Boot each VM's boot disk through the firmware (your own images, e.g. a disk with
+    /// `source.image`).
+    #[arg(long)]
+    firmware: bool,
     /// Initramfs for --kernel.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -66,8 +70,13 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
         other => other.parse::<Accel>().map_err(Failure::Invalid)?,
     };
     let boot = match a.kernel {
+        _ if a.firmware => BootSource {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+        },
         Some(kernel) => BootSource {
-            kernel,
+            kernel: Some(kernel),
             initrd: a.initrd,
             cmdline: a.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
         },

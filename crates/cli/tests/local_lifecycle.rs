@@ -253,3 +253,57 @@ fn without_qemu_the_daemon_refuses_to_start_and_says_how_to_install_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("scripts/setup.sh"), "{err}");
 }
+
+#[test]
+fn a_disk_created_from_a_host_image_keeps_its_content_and_the_source_is_untouched() {
+    let d = Daemon::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("content")).unwrap();
+    std::fs::write(dir.path().join("content/hello.txt"), "from the host\n").unwrap();
+    let image = dir.path().join("seed.raw");
+    let made = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(dir.path().join("content"))
+        .arg(&image)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let before = std::fs::read(&image).unwrap();
+    d.apply(&doc(
+        "img",
+        &format!("  cpu: 1\n  memory: 512Mi\n  disks:\n  - {{name: system, size: 128Mi}}\n  - {{name: seed, size: 128Mi, source: {{image: '{}'}}, filesystem: {{type: ext4, mountPath: /seed}}}}\n", image.display()),
+    ));
+    assert_eq!(
+        d.exec("img", &["cat", "/seed/hello.txt"]),
+        "from the host\n",
+        "not formatted again"
+    );
+    let df = d.exec("img", &["df", "-k", "/seed"]);
+    let kib: u64 = df
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib > 100_000, "the filesystem was grown to the disk: {df}");
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "the source image is never modified"
+    );
+    // A source larger than the disk is refused.
+    let out = d.wk_in(
+        &["apply", "-f", "-"],
+        &doc(
+            "img2",
+            &format!(
+                "  disks:\n  - {{name: system, size: 32Mi, source: {{image: '{}'}}}}\n",
+                image.display()
+            ),
+        ),
+    );
+    assert!(!out.status.success());
+}

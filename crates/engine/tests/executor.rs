@@ -122,6 +122,7 @@ fn base() -> VmConfig {
             hotpluggable: false,
             bus: DiskBus::Virtio,
             filesystem: None,
+            source: None,
             snapshot_before_grow: false,
             storage_class: None,
             volume_mode: None,

@@ -190,7 +190,12 @@ impl LocalBackend {
         let rec = self.record(vm)?;
         let def = rec.definition.clone();
         for d in &def.disks {
-            process::ensure_disk_image(&VmFiles::disk(&dir, &d.name), d.size).await?;
+            let src = d
+                .source
+                .as_ref()
+                .map(|s| std::path::PathBuf::from(&s.image));
+            process::ensure_disk_image(&VmFiles::disk(&dir, &d.name), d.size, src.as_deref())
+                .await?;
         }
         let m = Machine {
             name: format!("{}_{}", vm.namespace, vm.name),
@@ -600,7 +605,11 @@ impl LocalBackend {
     async fn attach_disk(&self, vm: &VmRef, disk: &DiskConfig) -> Result<(), BackendError> {
         let dir = self.dir(vm);
         let image = VmFiles::disk(&dir, &disk.name);
-        process::ensure_disk_image(&image, disk.size).await?;
+        let src = disk
+            .source
+            .as_ref()
+            .map(|s| std::path::PathBuf::from(&s.image));
+        process::ensure_disk_image(&image, disk.size, src.as_deref()).await?;
         let qmp = self.qmp(vm).await?;
         let present = qmp.peripherals().await?;
         if !present.contains(&disk_id(&disk.name)) {

@@ -36,7 +36,7 @@ impl GuestImage {
     /// How a VM boots it.
     pub fn boot_source(&self) -> BootSource {
         BootSource {
-            kernel: self.kernel(),
+            kernel: Some(self.kernel()),
             initrd: Some(self.initrd()),
             cmdline: DEFAULT_CMDLINE.into(),
         }

@@ -59,8 +59,8 @@ pub fn detect_accel() -> Accel {
 /// What the guest boots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootSource {
-    /// Kernel (vmlinux or bzImage).
-    pub kernel: PathBuf,
+    /// Kernel (vmlinux or bzImage); `None` boots the boot disk through the firmware.
+    pub kernel: Option<PathBuf>,
     /// Initramfs.
     pub initrd: Option<PathBuf>,
     /// Kernel command line.
@@ -244,11 +244,13 @@ pub fn qemu_args(m: &Machine<'_>) -> Vec<String> {
         "-vga",
         "none",
     ]);
-    push(&["-kernel", &path(m.boot.kernel.clone())]);
-    if let Some(initrd) = &m.boot.initrd {
-        push(&["-initrd", &path(initrd.clone())]);
+    if let Some(kernel) = &m.boot.kernel {
+        push(&["-kernel", &path(kernel.clone())]);
+        if let Some(initrd) = &m.boot.initrd {
+            push(&["-initrd", &path(initrd.clone())]);
+        }
+        push(&["-append", &m.boot.cmdline]);
     }
-    push(&["-append", &m.boot.cmdline]);
     push(&["-serial", &format!("file:{}", path(VmFiles::console(dir)))]);
     push(&[
         "-chardev",
@@ -310,11 +312,16 @@ pub fn qemu_args(m: &Machine<'_>) -> Vec<String> {
             ),
             "-device",
             &format!(
-                "virtio-blk-pci,drive={},id={},serial={},bus={}",
+                "virtio-blk-pci,drive={},id={},serial={},bus={}{}",
                 node_name(&d.name),
                 disk_id(&d.name),
                 d.name,
-                port()
+                port(),
+                if d.boot && m.boot.kernel.is_none() {
+                    ",bootindex=1"
+                } else {
+                    ""
+                }
             ),
         ]);
     }
@@ -351,7 +358,7 @@ mod tests {
 
     fn args(c: &VmConfig) -> String {
         let boot = BootSource {
-            kernel: "/img/vmlinux".into(),
+            kernel: Some("/img/vmlinux".into()),
             initrd: Some("/img/initramfs.cpio.gz".into()),
             cmdline: DEFAULT_CMDLINE.into(),
         };
@@ -397,6 +404,27 @@ mod tests {
         assert!(a.contains("ifname=tap,,0,script=no"), "{a}");
         assert!(a.contains("mac=52:54:00:00:00:07"), "{a}");
         assert!(a.ends_with("-daemonize -pidfile /run/w/vm/qemu.pid"), "{a}");
+    }
+
+    #[test]
+    fn firmware_boot_boots_the_boot_disk() {
+        let c = config(serde_json::json!({"disks": [{"name": "root", "size": "1Gi"}]}));
+        let boot = BootSource {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+        };
+        let m = Machine {
+            name: "default_vm".into(),
+            dir: Path::new("/run/w/vm"),
+            config: &c,
+            boot: &boot,
+            accel: Accel::Tcg,
+            hotplug_ports: 1,
+        };
+        let a = qemu_args(&m).join(" ");
+        assert!(!a.contains("-kernel") && !a.contains("-append"), "{a}");
+        assert!(a.contains("serial=root,bus=rp3,bootindex=1"), "{a}");
     }
 
     #[test]

@@ -172,15 +172,39 @@ pub async fn stop(dir: &Path, grace: Duration) -> Result<StopPath, BackendError>
     }
 }
 
-/// Creates a sparse qcow2 image of `size` bytes, or grows an existing one to it (never
-/// shrinks).
-pub async fn ensure_disk_image(path: &Path, size: u64) -> Result<(), BackendError> {
+/// Creates the disk's qcow2 image of `size` bytes (sparse and blank, or a copy of `source`),
+/// or grows an existing one to it (never shrinks). A source larger than `size` is refused.
+pub async fn ensure_disk_image(
+    path: &Path,
+    size: u64,
+    source: Option<&Path>,
+) -> Result<(), BackendError> {
     if let Some(parent) = path.parent() {
         crate::paths::private_dir(parent).map_err(|e| BackendError::Failed(e.to_string()))?;
     }
+    if !path.exists()
+        && let Some(src) = source
+    {
+        let src_size = image_size(src).await?;
+        if src_size > size {
+            return Err(BackendError::Failed(format!(
+                "the source image {} is {src_size} bytes, more than the disk's size {size}",
+                src.display()
+            )));
+        }
+        let tmp = path.with_extension("qcow2.part");
+        qemu_img(&[
+            "convert".into(),
+            "-O".into(),
+            "qcow2".into(),
+            src.to_string_lossy().into(),
+            tmp.to_string_lossy().into(),
+        ])
+        .await?;
+        std::fs::rename(&tmp, path).map_err(|e| BackendError::Failed(e.to_string()))?;
+    }
     let args: Vec<String> = if path.exists() {
-        let current = image_size(path).await?;
-        if current >= size {
+        if image_size(path).await? >= size {
             return Ok(());
         }
         vec![
@@ -200,8 +224,12 @@ pub async fn ensure_disk_image(path: &Path, size: u64) -> Result<(), BackendErro
             size.to_string(),
         ]
     };
+    qemu_img(&args).await
+}
+
+async fn qemu_img(args: &[String]) -> Result<(), BackendError> {
     let out = tokio::process::Command::new("qemu-img")
-        .args(&args)
+        .args(args)
         .output()
         .await
         .map_err(|e| BackendError::Failed(format!("qemu-img: {e}; {INSTALL_HINT}")))?;

@@ -14,6 +14,7 @@ fn vm() -> VmConfig {
         hotpluggable: name != "system",
         bus: DiskBus::Virtio,
         filesystem: None,
+        source: None,
         snapshot_before_grow: false,
         storage_class: None,
         volume_mode: None,

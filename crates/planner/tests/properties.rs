@@ -28,6 +28,7 @@ fn disk(name: &str, gib: u64, fs: bool, hotpluggable: bool) -> DiskConfig {
             fs_type: FsType::Ext4,
             mount_path: format!("/mnt/{name}"),
         }),
+        source: None,
         snapshot_before_grow: false,
         storage_class: None,
         volume_mode: None,

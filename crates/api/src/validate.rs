@@ -460,6 +460,15 @@ pub fn validate_for_backend(spec: &WukongSpec, backend: BackendKind) -> Result<(
     }
     if backend == BackendKind::Local {
         for (i, d) in spec.disks.iter().flatten().enumerate() {
+            if matches!(
+                d.bus,
+                Some(crate::types::DiskBus::Scsi | crate::types::DiskBus::Sata)
+            ) {
+                errors.push(FieldError::invalid(
+                    format!("spec.disks[{i}].bus"),
+                    "the local backend attaches virtio disks only",
+                ));
+            }
             if d.storage_class.is_some() || d.volume_mode.is_some() {
                 errors.push(FieldError::invalid(
                     format!("spec.disks[{i}]"),

@@ -129,6 +129,7 @@ fn cases() -> Vec<(String, i32, &'static str)> {
         (spec("{disks: [{name: a-very-long-disk-name-x, size: 1Gi}]}"), 1, "at most 20 are allowed"),
         (spec("{cpu: 2, colour: red}"), 1, "spec.colour: unknown field `colour`"),
         (spec("{networks: [{name: n, pod: {}}]}"), 1, "source 'pod' cannot be used by the local backend"),
+        (spec("{disks: [{name: system, size: 20Gi, bus: scsi}]}"), 1, "spec.disks[0].bus: the local backend attaches virtio disks only"),
         ("apiVersion: v1\nkind: Wukong\nmetadata: {name: my-vm}\n".into(), 1, "apiVersion: 'v1' is not vm.novasphere.dev/v1alpha1"),
         ("apiVersion: vm.novasphere.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {name: my-vm}\n".into(), 1, "kind: 'VirtualMachine' is not Wukong"),
         (format!("{HEAD}spec: {{cpu: [}}\n"), 1, "invalid YAML"),

@@ -146,7 +146,9 @@ impl Qga {
                 timeout,
             )
             .await?;
-        let mut pause = Duration::from_millis(2);
+        // Short commands dominate (probes, onlining); a long one (mkfs) costs a poll per 5 ms
+        // of a ~1 ms agent call.
+        let pause = Duration::from_millis(5);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let status = self
@@ -170,7 +172,6 @@ impl Qga {
             }
             // Polling the agent for the process's end: the agent has no completion event.
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 

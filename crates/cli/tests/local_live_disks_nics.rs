@@ -179,6 +179,14 @@ fn a_busy_disk_is_not_detached() {
         d.exec("b1", &["df", "-k", "/data"]).contains("/data"),
         "still mounted"
     );
+    // Forced (an annotation; applying again retries at once): the filesystem is detached
+    // lazily and the disk goes.
+    let forced = doc("b1", base).replace(
+        "metadata: {name: b1}",
+        "metadata: {name: b1, annotations: {vm.novasphere.dev/force-detach: \"true\"}}",
+    );
+    d.apply(&forced);
+    assert_eq!(d.disk_bytes("b1", "data"), None, "detached when forced");
 }
 
 #[test]

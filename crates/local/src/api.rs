@@ -379,6 +379,25 @@ async fn patch(
         .store()
         .update::<ApiError>(&vm, expect.as_deref(), |r| {
             let merged = patched(&d, r, &patch)?;
+            // Labels and annotations merge as in Kubernetes (a null value removes a key).
+            for (field, map) in [
+                ("labels", &mut r.object.metadata.labels),
+                ("annotations", &mut r.object.metadata.annotations),
+            ] {
+                if let Some(given) = patch["metadata"][field].as_object() {
+                    let m = map.get_or_insert_with(Default::default);
+                    for (k, v) in given {
+                        match v.as_str() {
+                            Some(v) => {
+                                m.insert(k.clone(), v.to_string());
+                            }
+                            None => {
+                                m.remove(k);
+                            }
+                        }
+                    }
+                }
+            }
             if merged != r.object.spec {
                 r.object.spec = merged;
                 r.object.metadata.generation = Some(r.object.metadata.generation.unwrap_or(1) + 1);

@@ -27,6 +27,9 @@ use crate::qga::Qga;
 use crate::qmp::{BlockdevAdd, NetdevAdd, Qmp, SnapshotInternal};
 use crate::store::{Store, StoreError, VmRecord};
 
+/// Annotation that lets a detach go on when the disk is busy in the guest (lazy unmount).
+pub const FORCE_DETACH: &str = "vm.novasphere.dev/force-detach";
+
 /// Timeouts of the local backend.
 #[derive(Clone, Copy, Debug)]
 pub struct LocalTimeouts {
@@ -686,7 +689,7 @@ impl LocalBackend {
                         Ok(())
                     } else {
                         Err(failed(format!(
-                            "disk {n} is busy in the guest ({mount}: {}); stop what uses it, or detach with force",
+                            "disk {n} is busy in the guest ({mount}: {}); stop what uses it, or set the annotation {FORCE_DETACH}: \"true\"",
                             o.err()
                         )))
                     }
@@ -1062,7 +1065,15 @@ impl Backend for LocalBackend {
                 self.ensure_filesystem(vm, &d, true).await?;
             }
             Action::AttachDisk { disk } => self.attach_disk(vm, disk).await?,
-            Action::DetachDisk { disk } => self.detach_disk(vm, disk, false).await?,
+            Action::DetachDisk { disk } => {
+                let force = self
+                    .record(vm)?
+                    .object
+                    .metadata
+                    .annotations
+                    .is_some_and(|a| a.get(FORCE_DETACH).is_some_and(|v| v == "true"));
+                self.detach_disk(vm, disk, force).await?
+            }
             Action::AddNic { nic } => self.add_nic(vm, nic).await?,
             Action::RemoveNic { nic } => self.remove_nic(vm, &nic.name).await?,
             Action::UpdateNic { from, to } => {

@@ -32,6 +32,8 @@ pub enum Command {
 struct Worker {
     desired: watch::Sender<Desired>,
     nudge: Arc<Notify>,
+    /// Set by a user's apply: try again now, whatever the backoff.
+    retry: Arc<std::sync::atomic::AtomicBool>,
     commands: mpsc::Sender<(Command, oneshot::Sender<Result<String, String>>)>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -208,18 +210,25 @@ impl Daemon {
                 *d = desired;
                 changed
             });
+            w.retry.store(true, std::sync::atomic::Ordering::SeqCst);
             w.nudge.notify_one();
             return;
         }
         let (tx, rx) = watch::channel(desired);
         let nudge = Arc::new(Notify::new());
+        let retry = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (ctx, crx) = mpsc::channel(8);
-        let task = tokio::spawn(self.clone().work(vm.clone(), rx, nudge.clone(), crx));
+        let task =
+            tokio::spawn(
+                self.clone()
+                    .work(vm.clone(), rx, nudge.clone(), retry.clone(), crx),
+            );
         workers.insert(
             vm,
             Worker {
                 desired: tx,
                 nudge,
+                retry,
                 commands: ctx,
                 task,
             },
@@ -256,6 +265,7 @@ impl Daemon {
         vm: VmRef,
         mut desired: watch::Receiver<Desired>,
         nudge: Arc<Notify>,
+        retry: Arc<std::sync::atomic::AtomicBool>,
         mut commands: mpsc::Receiver<(Command, oneshot::Sender<Result<String, String>>)>,
     ) {
         let recorder = Recorder::new(self.clone());
@@ -269,6 +279,9 @@ impl Daemon {
                 return;
             };
             let generation = rec.object.metadata.generation.unwrap_or(1);
+            if retry.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                failures = None;
+            }
             let running = self.backend.is_running(&vm);
             let died = was_running == Some(true) && !running;
             if died {

@@ -69,13 +69,6 @@ pub trait StepProgress: Send + Sync {
     fn progress(&self, done: u64, total: u64, note: &str);
 }
 
-/// A progress sink that drops everything.
-pub struct NoProgress;
-
-impl StepProgress for NoProgress {
-    fn progress(&self, _: u64, _: u64, _: &str) {}
-}
-
 /// One backend. Every method is bounded in time: a hung monitor or guest agent ends in
 /// [`BackendError::Timeout`], never in a hung caller.
 pub trait Backend: Send + Sync {

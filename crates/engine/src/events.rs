@@ -117,26 +117,10 @@ pub trait EventSink: Send + Sync {
     fn emit(&self, vm: &VmRef, event: &Event);
 }
 
-/// Drops every event.
-pub struct NoEvents;
-
-impl EventSink for NoEvents {
-    fn emit(&self, _: &VmRef, _: &Event) {}
-}
-
 /// Persists an operation's progress so that a restarted daemon knows what was in flight.
 /// After a crash the engine does not replay the journal: it observes the VM and plans again;
 /// the journal says which step was running and is kept as history.
 pub trait Journal: Send + Sync {
     /// Records an event durably before the engine goes on.
     fn record(&self, vm: &VmRef, event: &Event) -> Result<(), String>;
-}
-
-/// Keeps nothing (for dry runs).
-pub struct NoJournal;
-
-impl Journal for NoJournal {
-    fn record(&self, _: &VmRef, _: &Event) -> Result<(), String> {
-        Ok(())
-    }
 }

@@ -9,6 +9,6 @@ pub mod backend;
 pub mod events;
 pub mod executor;
 
-pub use backend::{Backend, BackendError, NoProgress, StepProgress, VmRef};
-pub use events::{Event, EventSink, Journal, NoEvents, NoJournal};
+pub use backend::{Backend, BackendError, StepProgress, VmRef};
+pub use events::{Event, EventSink, Journal};
 pub use executor::{Desired, Engine, EngineError, OperationReport, StepOutcome, Timeouts};

@@ -25,11 +25,6 @@ impl Swagger {
         Ok(Swagger { defs })
     }
 
-    /// Whether `name` is defined.
-    pub fn has(&self, name: &str) -> bool {
-        self.defs.contains_key(name)
-    }
-
     /// Every problem of `value` against definition `name`, as `path: reason`.
     pub fn validate(&self, name: &str, value: &Value) -> Vec<String> {
         let mut errors = Vec::new();

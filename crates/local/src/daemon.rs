@@ -123,7 +123,7 @@ impl Recorder {
             .daemon
             .backend
             .store()
-            .append_event_and(vm, event, |r| {
+            .append_event(vm, event, |r| {
                 status::apply_event(r.object.status.get_or_insert_with(Default::default), event);
             })
             .map_err(|e| e.to_string())?;

@@ -214,11 +214,6 @@ impl Qmp {
         .await
     }
 
-    /// Whether the VM's CPUs run (`query-status`).
-    pub async fn running(&self) -> Result<bool, BackendError> {
-        Ok(self.run(qmp::query_status {}).await?.running)
-    }
-
     /// `quit`: QEMU exits at once.
     pub async fn quit(&self) -> Result<(), BackendError> {
         // QEMU may close the socket before answering.

@@ -214,14 +214,10 @@ impl Store {
         Ok(existed)
     }
 
-    /// Appends an event durably; returns it with its sequence number.
-    pub fn append_event(&self, vm: &VmRef, event: &Event) -> Result<StoredEvent, StoreError> {
-        self.append_event_and(vm, event, |_| {})
-    }
-
-    /// Appends an event and applies `f` to the VM's record (if it exists) in one transaction:
-    /// the journal and the status it implies are written together.
-    pub fn append_event_and(
+    /// Appends an event durably and applies `f` to the VM's record (if it exists) in the same
+    /// transaction: the journal and the status it implies are written together. Returns the
+    /// event with its sequence number.
+    pub fn append_event(
         &self,
         vm: &VmRef,
         event: &Event,

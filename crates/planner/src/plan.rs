@@ -10,8 +10,7 @@
 use serde::{Deserialize, Serialize};
 use wukong_api::quantity::{Quantity, human_bytes};
 use wukong_api::{
-    DiskConfig, FieldError, FieldErrors, FilesystemSpec, NicConfig, RestartPolicy, RunStrategy,
-    VmConfig,
+    DiskConfig, FieldError, FieldErrors, FilesystemSpec, NicConfig, RunStrategy, VmConfig,
 };
 
 use crate::capabilities::{Capabilities, CpuRemoval, Support};
@@ -772,13 +771,4 @@ pub fn check_allowed(desired: &VmConfig, have: &VmConfig) -> Result<(), PlanErro
 /// Both set and different (an unset desired value keeps what the disk has).
 fn differs<T: PartialEq>(desired: &Option<T>, have: &Option<T>) -> bool {
     desired.is_some() && have.is_some() && desired != have
-}
-
-/// The restart policy as the plan reports it.
-pub fn policy_name(p: RestartPolicy) -> &'static str {
-    match p {
-        RestartPolicy::Never => "Never",
-        RestartPolicy::Automatic => "Automatic",
-        RestartPolicy::Window => "Window",
-    }
 }

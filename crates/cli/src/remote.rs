@@ -172,6 +172,14 @@ pub async fn follow_steps(
     })?
 }
 
+/// A document as the API takes it: the object, with the spec exactly as written (a merge patch
+/// needs its explicit nulls).
+fn request_body(d: &Document) -> Value {
+    let mut body = serde_json::to_value(&d.wukong).unwrap_or_default();
+    body["spec"] = d.raw_spec.clone();
+    body
+}
+
 /// `wukong apply -f FILE`: create or update each VM, showing the plan and then the progress.
 pub async fn apply(
     t: &Target,
@@ -183,8 +191,7 @@ pub async fn apply(
     let mut all_ok = true;
     for d in docs {
         let name = d.wukong.metadata.name.clone().unwrap_or_default();
-        let mut body = serde_json::to_value(&d.wukong).unwrap_or_default();
-        body["spec"] = d.raw_spec.clone();
+        let body = request_body(&d);
         let exists = match client.call(Method::GET, &t.path(&name), None).await {
             Ok(_) => true,
             Err(ClientError::Api { code: 404, .. }) => false,
@@ -239,8 +246,7 @@ pub async fn plan(t: &Target, docs: Vec<Document>, output: Format) -> Result<(),
     let mut plans = Vec::new();
     for d in docs {
         let name = d.wukong.metadata.name.clone().unwrap_or_default();
-        let mut body = serde_json::to_value(&d.wukong).unwrap_or_default();
-        body["spec"] = d.raw_spec.clone();
+        let body = request_body(&d);
         let (v, _) = client
             .call(
                 Method::POST,

@@ -363,6 +363,23 @@ fn patched(d: &Daemon, rec: &VmRecord, patch: &Value) -> Result<wukong_api::Wuko
     Ok(merged)
 }
 
+/// What the desired spec of `rec` would do against the VM as it is now (changes nothing).
+async fn plan_against_vm(
+    d: &Daemon,
+    vm: &VmRef,
+    rec: &VmRecord,
+) -> Result<wukong_planner::Plan, ApiError> {
+    let desired = desired_config(rec).map_err(ApiError::fields)?;
+    let observed = d.backend.observe(vm).await.map_err(ApiError::internal)?;
+    let caps = d
+        .backend
+        .capabilities(vm, &observed)
+        .await
+        .map_err(ApiError::internal)?;
+    wukong_planner::plan(&desired, &observed, &caps, jiff::Timestamp::now())
+        .map_err(|e| ApiError::fields(e.0))
+}
+
 async fn patch(
     State(d): State<Arc<Daemon>>,
     Path((ns, name)): Path<(String, String)>,
@@ -418,15 +435,7 @@ async fn plan(
     let merged = patched(&d, &rec, &parse_body(&body)?)?;
     let mut preview = rec.clone();
     preview.object.spec = merged;
-    let desired = desired_config(&preview).map_err(ApiError::fields)?;
-    let observed = d.backend.observe(&vm).await.map_err(ApiError::internal)?;
-    let caps = d
-        .backend
-        .capabilities(&vm, &observed)
-        .await
-        .map_err(ApiError::internal)?;
-    let p = wukong_planner::plan(&desired, &observed, &caps, jiff::Timestamp::now())
-        .map_err(|e| ApiError::fields(e.0))?;
+    let p = plan_against_vm(&d, &vm, &preview).await?;
     Ok(json_response(
         StatusCode::OK,
         &PlanDocument::new(&name, BackendKind::Local, &p),
@@ -609,15 +618,7 @@ async fn rollback(
         }
         Ok(())
     })?;
-    let desired = desired_config(&rec).map_err(ApiError::fields)?;
-    let observed = d.backend.observe(&vm).await.map_err(ApiError::internal)?;
-    let caps = d
-        .backend
-        .capabilities(&vm, &observed)
-        .await
-        .map_err(ApiError::internal)?;
-    let plan = wukong_planner::plan(&desired, &observed, &caps, jiff::Timestamp::now())
-        .map_err(|e| ApiError::fields(e.0))?;
+    let plan = plan_against_vm(&d, &vm, &rec).await?;
     d.ensure_worker(&rec);
     Ok(json_response(
         StatusCode::OK,

@@ -276,16 +276,7 @@ impl LocalBackend {
         let t = self.options.timeouts.agent;
         let name = disk.name.clone();
         self.with_agent(vm, |q| async move {
-            let view = q.view(t).await?;
-            let g =
-                view.disks.get(&name).cloned().ok_or_else(|| {
-                    failed(format!("the guest does not see disk {name} (by serial)"))
-                })?;
-            let dev = format!("/dev/{}", g.device.clone().unwrap_or_default());
-            let target = match &g.partition {
-                Some(p) => format!("/dev/{p}"),
-                None => dev.clone(),
-            };
+            let (g, dev, target) = guest_disk(&q.view(t).await?, &name)?;
             let has_fs = q.exec(&["blkid", &target], None, t).await?.code == 0;
             if !has_fs {
                 if !may_format {
@@ -343,21 +334,12 @@ impl LocalBackend {
         let t = self.options.timeouts.agent;
         let name = disk.to_string();
         self.with_agent(vm, |q| async move {
-            let view = q.view(t).await?;
-            let g =
-                view.disks.get(&name).cloned().ok_or_else(|| {
-                    failed(format!("the guest does not see disk {name} (by serial)"))
-                })?;
+            let (g, dev, target) = guest_disk(&q.view(t).await?, &name)?;
             let (Some(mount), Some(kind)) = (g.mount.clone(), g.fs_type.clone()) else {
                 return Err(failed(format!(
                     "no mounted filesystem on disk {name} in the guest"
                 )));
             };
-            let dev = format!("/dev/{}", g.device.clone().unwrap_or_default());
-            let target = g
-                .partition
-                .as_ref()
-                .map_or(dev.clone(), |p| format!("/dev/{p}"));
             grow_filesystem(&q, &g, &dev, &target, &kind, &mount, t).await
         })
         .await
@@ -818,6 +800,25 @@ async fn settled_memory(qmp: &Qmp) -> Result<u64, BackendError> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The guest's disk with serial `name`, its device (`/dev/vdb`) and where its filesystem
+/// lives (the last partition, or the whole device).
+fn guest_disk(
+    view: &GuestView,
+    name: &str,
+) -> Result<(GuestDiskView, String, String), BackendError> {
+    let g = view
+        .disks
+        .get(name)
+        .cloned()
+        .ok_or_else(|| failed(format!("the guest does not see disk {name} (by serial)")))?;
+    let dev = format!("/dev/{}", g.device.clone().unwrap_or_default());
+    let target = g
+        .partition
+        .as_ref()
+        .map_or(dev.clone(), |p| format!("/dev/{p}"));
+    Ok((g, dev, target))
 }
 
 /// Logical ids of the online vCPUs, ascending.

@@ -123,14 +123,20 @@ fn a_guest_that_does_not_take_the_memory_is_reported_not_called_done() {
 }
 
 #[test]
-fn several_vms_resize_at_the_same_time() {
-    let d = Daemon::start(&[]);
+fn a_vm_stuck_in_verification_does_not_hold_back_the_others() {
+    // p1's guest stops onlining memory, so its operation waits in verification until the test
+    // onlines the memory by hand; p2 and p3 must converge meanwhile.
+    let d = Daemon::start(&["--verify-timeout", "120s"]);
     let names = ["p1", "p2", "p3"];
     let create: Vec<String> = names
         .iter()
         .map(|n| doc(n, "  cpu: 1\n  memory: 384Mi\n  maxCpu: 4\n  maxMemory: 1Gi\n  disks:\n  - {name: system, size: 128Mi}\n"))
         .collect();
     d.apply(&create.join("---\n"));
+    d.sh(
+        "p1",
+        "echo offline > /sys/devices/system/memory/auto_online_blocks",
+    );
     let change: Vec<String> = names
         .iter()
         .map(|n| doc(n, "  cpu: 2\n  memory: 768Mi\n"))
@@ -141,24 +147,39 @@ fn several_vms_resize_at_the_same_time() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut windows = Vec::new();
-    for n in names {
-        let o = d.wait_for(n, "converged", Duration::from_secs(90), |o| {
-            o["status"]["observedGeneration"] == o["metadata"]["generation"]
-                && o["status"]["guest"]["cpusOnline"] == 2
-        });
-        let op = &o["status"]["lastOperation"];
-        let t = |k: &str| op[k].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
-        windows.push((t("startedAt"), t("finishedAt")));
+    let converged = |o: &serde_json::Value| {
+        o["status"]["observedGeneration"] == o["metadata"]["generation"]
+            && o["status"]["guest"]["cpusOnline"] == 2
+    };
+    d.wait_for(
+        "p1",
+        "p1's operation to start",
+        Duration::from_secs(60),
+        |o| o["status"]["operation"]["phase"] == "Running",
+    );
+    for n in ["p2", "p3"] {
+        d.wait_for(n, "converged", Duration::from_secs(90), converged);
         assert_eq!(d.online_cpus(n), 2);
     }
-    // Different VMs proceed in parallel: their operations overlap.
-    let latest_start = windows.iter().map(|w| w.0).max().unwrap();
-    let earliest_end = windows.iter().map(|w| w.1).min().unwrap();
-    assert!(
-        latest_start < earliest_end,
-        "operations did not overlap: {windows:?}"
+    let p1 = d.get("p1");
+    assert_eq!(
+        p1["status"]["operation"]["phase"], "Running",
+        "p1 still waits for its memory: {}",
+        p1["status"]
     );
+    assert_ne!(
+        p1["status"]["observedGeneration"],
+        p1["metadata"]["generation"]
+    );
+    // Online what the guest left offline: p1's operation completes.
+    d.sh(
+        "p1",
+        "for b in /sys/devices/system/memory/memory*/state; do \
+         grep -q offline $b && echo online > $b; done; true",
+    );
+    let o = d.wait_for("p1", "converged", Duration::from_secs(90), converged);
+    assert_eq!(o["status"]["lastOperation"]["phase"], "Succeeded");
+    assert_eq!(d.online_cpus("p1"), 2);
 }
 
 #[test]

@@ -25,6 +25,13 @@ impl Swagger {
         Ok(Swagger { defs })
     }
 
+    /// A validator for one OpenAPI v3 schema (a CRD version's), under the name `name`.
+    pub fn single(name: &str, schema: Value) -> Swagger {
+        let mut defs = Map::new();
+        defs.insert(name.to_string(), schema);
+        Swagger { defs }
+    }
+
     /// Every problem of `value` against definition `name`, as `path: reason`.
     pub fn validate(&self, name: &str, value: &Value) -> Vec<String> {
         let mut errors = Vec::new();
@@ -45,6 +52,15 @@ impl Swagger {
             return;
         }
         let at = if path.is_empty() { "." } else { path };
+        if v.is_null() && schema.get("nullable") == Some(&Value::Bool(true)) {
+            return;
+        }
+        if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+            if !(v.is_string() || v.is_i64() || v.is_u64()) {
+                errors.push(format!("{at}: expected a string or an integer, got {v}"));
+            }
+            return;
+        }
         if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
             && !allowed.contains(v)
         {
@@ -79,6 +95,9 @@ impl Swagger {
                         (Some(s), _) => self.check(def, s, child, &p, errors),
                         (None, Some(a)) if a.is_object() => self.check(def, a, child, &p, errors),
                         (None, Some(Value::Bool(true))) => {}
+                        (None, _)
+                            if schema.get("x-kubernetes-preserve-unknown-fields")
+                                == Some(&Value::Bool(true)) => {}
                         // An object schema with no properties at all is free-form.
                         (None, _) if props.is_none() => {}
                         (None, _) => errors.push(format!("{p}: unknown field")),
@@ -100,6 +119,34 @@ impl Swagger {
             }
             _ => {}
         }
+        bounds(schema, v, at, errors);
+    }
+}
+
+/// `minimum`, `maximum`, `maxLength` and `maxItems`.
+fn bounds(schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
+    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
+    if let Some(x) = v.as_f64() {
+        if let Some(min) = num("minimum")
+            && x < min
+        {
+            errors.push(format!("{at}: {v} is less than the minimum {min}"));
+        }
+        if let Some(max) = num("maximum")
+            && x > max
+        {
+            errors.push(format!("{at}: {v} is more than the maximum {max}"));
+        }
+    }
+    if let (Some(s), Some(max)) = (v.as_str(), num("maxLength"))
+        && s.chars().count() as f64 > max
+    {
+        errors.push(format!("{at}: longer than {max} characters"));
+    }
+    if let (Some(a), Some(max)) = (v.as_array(), num("maxItems"))
+        && a.len() as f64 > max
+    {
+        errors.push(format!("{at}: more than {max} items"));
     }
 }
 

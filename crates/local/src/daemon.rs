@@ -15,8 +15,8 @@ use wukong_engine::{
 };
 
 use crate::backend::LocalBackend;
-use crate::status;
 use crate::store::{StoreError, StoredEvent, VmRecord, record_ref};
+use wukong_engine::status;
 
 /// A lifecycle command for a VM's worker.
 #[derive(Debug)]

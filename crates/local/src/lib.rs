@@ -13,7 +13,6 @@ pub mod process;
 pub mod qga;
 pub mod qmp;
 pub mod serve;
-pub mod status;
 pub mod store;
 
 pub use backend::{LocalBackend, LocalOptions, LocalTimeouts};

@@ -1,12 +1,12 @@
 //! Turning observations and operation reports into `status` (pure).
 
+use crate::{Event, OperationReport};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use wukong_api::quantity::Quantity;
 use wukong_api::{
     GuestDisk, GuestFilesystem, GuestNic, GuestStatus, OperationStatus, PendingChange, Phase,
     StepStatus, WukongStatus,
 };
-use wukong_engine::{Event, OperationReport};
 use wukong_planner::{Observed, Step};
 
 /// Sets (or replaces) a condition, keeping its transition time when the status is unchanged.

@@ -1,0 +1,570 @@
+//! The HTTP face of the fake API server: Kubernetes REST paths, list with label selectors and
+//! pagination, watch (with bookmarks, timeouts and 410 for expired versions), create,
+//! replace, the patch types (JSON, merge; strategic merge refused for custom resources as a
+//! real server does), delete, `/status`, and KubeVirt's subresources and pod exec.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::kubevirt::Sim;
+use crate::store::{ApiError, Change, Kind, Store, Sub};
+
+/// Shared state of the server.
+pub struct Server {
+    /// Objects.
+    pub store: Arc<Store>,
+    /// The simulated KubeVirt.
+    pub sim: Arc<Sim>,
+    /// How often a watch that asked for bookmarks gets one.
+    pub bookmark_every: Duration,
+}
+
+/// The router.
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            axum::routing::get(crate::kubevirt::exec),
+        )
+        .route(
+            "/version",
+            axum::routing::get(|| async {
+                axum::Json(
+                    json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-wukong-fake"}),
+                )
+            }),
+        )
+        .fallback(handle)
+        .with_state(server)
+}
+
+/// Decodes a query string into pairs (repeated keys kept in order).
+pub fn query_pairs(q: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                },
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    q.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
+}
+
+/// A JSON response.
+pub fn json_response(code: u16, v: &Value) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// An error response.
+pub fn error_response(e: &ApiError) -> Response {
+    json_response(e.code, &e.status())
+}
+
+enum Target {
+    Collection {
+        kind: &'static Kind,
+        ns: Option<String>,
+    },
+    Object {
+        kind: &'static Kind,
+        ns: String,
+        name: String,
+        sub: Option<String>,
+    },
+    KubevirtSub {
+        resource: String,
+        ns: String,
+        name: String,
+        action: String,
+    },
+}
+
+fn not_found(path: &str) -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        format!("the server could not find the requested resource ({path})"),
+    )
+}
+
+fn parse(path: &str) -> Result<Target, ApiError> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(not_found(path)),
+    };
+    if group == "subresources.kubevirt.io" {
+        return match rest {
+            ["namespaces", ns, resource, name, action] => Ok(Target::KubevirtSub {
+                resource: resource.to_string(),
+                ns: ns.to_string(),
+                name: name.to_string(),
+                action: action.to_string(),
+            }),
+            _ => Err(not_found(path)),
+        };
+    }
+    let (ns, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(n.to_string()), None),
+        [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
+        _ => return Err(not_found(path)),
+    };
+    let kind = Kind::find(group, version, plural).ok_or_else(|| not_found(path))?;
+    if kind.namespaced != ns.is_some() && name.is_some() {
+        return Err(not_found(path));
+    }
+    Ok(match name {
+        None => Target::Collection { kind, ns },
+        Some(name) => Target::Object {
+            kind,
+            ns: ns.unwrap_or_default(),
+            name,
+            sub,
+        },
+    })
+}
+
+/// Whether `obj` matches a label selector (`a=b`, `a==b`, `a!=b`, `a`, `!a`, comma-separated).
+pub fn selects(selector: &str, obj: &Value) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels.get(k.trim()).is_none()
+        } else {
+            labels.get(term.trim()).is_some()
+        }
+    })
+}
+
+fn fields_select(selector: &str, obj: &Value) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v, eq) = match term.split_once("!=") {
+            Some((k, v)) => (k, v, false),
+            None => match term.split_once('=') {
+                Some((k, v)) => (k, v.trim_start_matches('='), true),
+                None => return false,
+            },
+        };
+        let have = match k {
+            "metadata.name" => obj["metadata"]["name"].as_str(),
+            "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
+            _ => None,
+        };
+        (have == Some(v)) == eq
+    })
+}
+
+fn matches(q: &[(String, String)], obj: &Value) -> bool {
+    param(q, "labelSelector").is_none_or(|s| selects(s, obj))
+        && param(q, "fieldSelector").is_none_or(|s| fields_select(s, obj))
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn list(
+    server: &Server,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    q: &[(String, String)],
+) -> Response {
+    let (items, rv) = server.store.list(kind, ns);
+    let mut items: Vec<Value> = items.into_iter().filter(|o| matches(q, o)).collect();
+    let id = |o: &Value| {
+        format!(
+            "{}/{}",
+            o["metadata"]["namespace"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    if let Some(after) = param(q, "continue").filter(|c| !c.is_empty()) {
+        let Some(after) = unhex(after) else {
+            return error_response(&ApiError::new(400, "BadRequest", "invalid continue token"));
+        };
+        items.retain(|o| id(o) > after);
+    }
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(limit) = param(q, "limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        && items.len() > limit
+    {
+        items.truncate(limit);
+        metadata["continue"] = json!(hex(&id(&items[limit - 1])));
+    }
+    json_response(
+        200,
+        &json!({"kind": format!("{}List", kind.kind), "apiVersion": kind.api_version(),
+                "metadata": metadata, "items": items}),
+    )
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+fn watch(
+    server: &Arc<Server>,
+    kind: &'static Kind,
+    ns: Option<String>,
+    q: Vec<(String, String)>,
+) -> Response {
+    let store = server.store.clone();
+    let mut live = store.subscribe();
+    let mut closed = store.closed.subscribe();
+    let from = param(&q, "resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0);
+    let bookmarks = param(&q, "allowWatchBookmarks") == Some("true");
+    let timeout = param(&q, "timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let bookmark_every = server.bookmark_every;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    let wanted = move |c: &Change, q: &[(String, String)]| {
+        std::ptr::eq(c.kind, kind)
+            && ns
+                .as_deref()
+                .is_none_or(|ns| c.object["metadata"]["namespace"] == ns)
+            && matches(q, &c.object)
+    };
+    // The changes to replay, or 410.
+    let replay: Result<Vec<Arc<Change>>, u64> = match from {
+        Some(rv) => store.since(kind, rv),
+        None => {
+            // No version: the current objects as ADDED, then what follows.
+            let (items, rv) = store.list(kind, None);
+            Ok(items
+                .into_iter()
+                .map(|o| {
+                    Arc::new(Change {
+                        rv,
+                        kind,
+                        kind_of_change: "ADDED",
+                        object: o,
+                    })
+                })
+                .collect())
+        }
+    };
+    tokio::spawn(async move {
+        let mut last = from.unwrap_or(0);
+        match replay {
+            Err(oldest) => {
+                let status = ApiError::new(
+                    410,
+                    "Expired",
+                    format!("too old resource version: {} ({oldest})", from.unwrap_or(0)),
+                )
+                .status();
+                let _ = tx.send(event_line("ERROR", &status)).await;
+                return;
+            }
+            Ok(changes) => {
+                for c in changes {
+                    last = last.max(c.rv);
+                    if wanted(&c, &q)
+                        && tx
+                            .send(event_line(c.kind_of_change, &c.object))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(bookmark_every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                c = live.recv() => match c {
+                    Ok(c) if c.rv > last => {
+                        last = c.rv;
+                        if wanted(&c, &q) && tx.send(event_line(c.kind_of_change, &c.object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // Too slow a reader: end the watch; the client resumes from its version.
+                    Err(_) => return,
+                },
+                _ = tick.tick(), if bookmarks => {
+                    let rv = store.resource_version().max(last);
+                    let b = json!({"kind": kind.kind, "apiVersion": kind.api_version(),
+                                   "metadata": {"resourceVersion": rv.to_string()}});
+                    if tx.send(event_line("BOOKMARK", &b)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = closed.changed() => return,
+                _ = &mut deadline => return,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .expect("a valid response")
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, "BadRequest", format!("the body is not JSON: {e}")))
+}
+
+fn patched(
+    kind: &Kind,
+    current: &Value,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let mut doc = current.clone();
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/json-patch+json" => {
+            let patch: json_patch::Patch = serde_json::from_slice(body)
+                .map_err(|e| ApiError::new(400, "BadRequest", format!("not a JSON patch: {e}")))?;
+            json_patch::patch(&mut doc, &patch).map_err(|e| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
+            })?;
+        }
+        "application/merge-patch+json" => {
+            let patch = parse_body(body)?;
+            json_patch::merge(&mut doc, &patch);
+        }
+        "application/strategic-merge-patch+json"
+            if !kind.group.is_empty() && kind.group != "storage.k8s.io" =>
+        {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({} is a custom resource)",
+                    kind.kind
+                ),
+            ));
+        }
+        "application/strategic-merge-patch+json" => {
+            let patch = parse_body(body)?;
+            json_patch::merge(&mut doc, &patch);
+        }
+        other => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json-patch+json, application/merge-patch+json"
+                ),
+            ));
+        }
+    }
+    Ok(doc)
+}
+
+async fn handle(
+    State(server): State<Arc<Server>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let q = query_pairs(uri.query().unwrap_or_default());
+    let target = match parse(uri.path()) {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    let store = &server.store;
+    let result: Result<Value, ApiError> = match (method, target) {
+        (Method::GET, Target::Collection { kind, ns }) => {
+            return if matches!(param(&q, "watch"), Some("true" | "1")) {
+                watch(&server, kind, ns, q)
+            } else {
+                list(&server, kind, ns.as_deref(), &q)
+            };
+        }
+        (Method::POST, Target::Collection { kind, ns }) => match parse_body(&body) {
+            Ok(obj) if param(&q, "dryRun") == Some("All") => Ok(obj),
+            Ok(obj) => store.create(kind, ns.as_deref().unwrap_or_default(), obj),
+            Err(e) => Err(e),
+        }
+        .map(|o| json!({"__created": o})),
+        (
+            Method::GET,
+            Target::Object {
+                kind,
+                ns,
+                name,
+                sub,
+            },
+        ) => match sub.as_deref() {
+            None | Some("status") => store.get(kind, &ns, &name).ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("{}.{} \"{name}\" not found", kind.plural, kind.group),
+                )
+            }),
+            Some(s) => Err(not_found(s)),
+        },
+        (
+            Method::PUT,
+            Target::Object {
+                kind,
+                ns,
+                name,
+                sub,
+            },
+        ) => {
+            store.count(kind.plural, "update");
+            let sub = match sub.as_deref() {
+                None => Ok(Sub::Main),
+                Some("status") if kind.status => Ok(Sub::Status),
+                Some(s) => Err(not_found(s)),
+            };
+            sub.and_then(|sub| {
+                let obj = parse_body(&body)?;
+                store.update(kind, &ns, &name, obj, sub)
+            })
+        }
+        (
+            Method::PATCH,
+            Target::Object {
+                kind,
+                ns,
+                name,
+                sub,
+            },
+        ) => {
+            store.count(kind.plural, "patch");
+            let sub = match sub.as_deref() {
+                None => Ok(Sub::Main),
+                Some("status") if kind.status => Ok(Sub::Status),
+                Some(s) => Err(not_found(s)),
+            };
+            sub.and_then(|sub| {
+                let current = store.get(kind, &ns, &name).ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "NotFound",
+                        format!("{}.{} \"{name}\" not found", kind.plural, kind.group),
+                    )
+                })?;
+                let ct = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                let mut new = patched(kind, &current, ct, &body)?;
+                // A patch carries a precondition only when it names a version itself.
+                let names_version = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .is_some_and(|p| p["metadata"].get("resourceVersion").is_some());
+                if !names_version && ct.starts_with("application/merge-patch") {
+                    new["metadata"]["resourceVersion"] =
+                        current["metadata"]["resourceVersion"].clone();
+                }
+                store.update(kind, &ns, &name, new, sub)
+            })
+        }
+        (
+            Method::DELETE,
+            Target::Object {
+                kind,
+                ns,
+                name,
+                sub: None,
+            },
+        ) => store.delete(kind, &ns, &name),
+        (
+            method,
+            Target::KubevirtSub {
+                resource,
+                ns,
+                name,
+                action,
+            },
+        ) => {
+            return server
+                .sim
+                .subresource(&method, &resource, &ns, &name, &action, &body);
+        }
+        (m, _) => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{m} is not allowed here"),
+        )),
+    };
+    match result {
+        Ok(mut v) => match v.get_mut("__created").map(Value::take) {
+            Some(created) => json_response(201, &created),
+            None => json_response(200, &v),
+        },
+        Err(e) => error_response(&e),
+    }
+}

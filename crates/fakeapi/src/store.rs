@@ -1,0 +1,777 @@
+//! The object store of the fake API server: every write goes through [`Store::write`], which
+//! applies the rules a real API server applies (preconditions, status subresource, generation,
+//! finalizers, schema + CEL + webhook validation, PVC resize rules) and records a watch event.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use wukong_kubevirt::Swagger;
+
+/// A served resource.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Kind {
+    /// API group (`""` for core).
+    pub group: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Plural resource name.
+    pub plural: &'static str,
+    /// Kind.
+    pub kind: &'static str,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// Has a status subresource (main writes keep status, status writes keep the rest).
+    pub status: bool,
+    /// Keeps `metadata.generation`.
+    pub generation: bool,
+}
+
+macro_rules! kind {
+    ($g:expr, $v:expr, $p:expr, $k:expr, $ns:expr, $st:expr, $gen:expr) => {
+        Kind {
+            group: $g,
+            version: $v,
+            plural: $p,
+            kind: $k,
+            namespaced: $ns,
+            status: $st,
+            generation: $gen,
+        }
+    };
+}
+
+/// Every resource this server serves.
+pub static KINDS: &[Kind] = &[
+    kind!("", "v1", "pods", "Pod", true, true, false),
+    kind!(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        true,
+        true,
+        false
+    ),
+    kind!("", "v1", "events", "Event", true, false, false),
+    kind!("events.k8s.io", "v1", "events", "Event", true, false, false),
+    kind!(
+        "storage.k8s.io",
+        "v1",
+        "storageclasses",
+        "StorageClass",
+        false,
+        false,
+        false
+    ),
+    kind!(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        true,
+        false,
+        false
+    ),
+    kind!(
+        "kubevirt.io",
+        "v1",
+        "kubevirts",
+        "KubeVirt",
+        true,
+        true,
+        true
+    ),
+    kind!(
+        "kubevirt.io",
+        "v1",
+        "virtualmachines",
+        "VirtualMachine",
+        true,
+        true,
+        true
+    ),
+    kind!(
+        "kubevirt.io",
+        "v1",
+        "virtualmachineinstances",
+        "VirtualMachineInstance",
+        true,
+        true,
+        true
+    ),
+    kind!(
+        "vm.novasphere.dev",
+        "v1alpha1",
+        "wukongs",
+        "Wukong",
+        true,
+        true,
+        true
+    ),
+];
+
+impl Kind {
+    /// The served kind for `group`/`version`/`plural`.
+    pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Kind> {
+        KINDS
+            .iter()
+            .find(|k| k.group == group && k.version == version && k.plural == plural)
+    }
+
+    /// The kind by its name and group.
+    pub fn named(group: &str, kind: &str) -> &'static Kind {
+        KINDS
+            .iter()
+            .find(|k| k.group == group && k.kind == kind)
+            .expect("a served kind")
+    }
+
+    /// `apiVersion` of its objects.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+/// An API error, as the `Status` object a real server returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    /// HTTP code.
+    pub code: u16,
+    /// `NotFound`, `Conflict`, `Invalid`…
+    pub reason: &'static str,
+    /// Human message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(kind: &Kind, name: &str) -> Self {
+        let what = if kind.group.is_empty() {
+            kind.plural.to_string()
+        } else {
+            format!("{}.{}", kind.plural, kind.group)
+        };
+        ApiError::new(404, "NotFound", format!("{what} \"{name}\" not found"))
+    }
+
+    fn invalid(kind: &Kind, name: &str, causes: &[String]) -> Self {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "{}.{} \"{name}\" is invalid: {}",
+                kind.kind,
+                kind.group,
+                causes.join("; ")
+            ),
+        )
+    }
+
+    /// The `Status` object.
+    pub fn status(&self) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code})
+    }
+}
+
+/// One recorded change, as a watch event.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// Resource version of the change.
+    pub rv: u64,
+    /// The kind.
+    pub kind: &'static Kind,
+    /// `ADDED`, `MODIFIED`, `DELETED`.
+    pub kind_of_change: &'static str,
+    /// The object after the change (before, for DELETED).
+    pub object: Value,
+}
+
+type Key = (&'static str, &'static str, String, String);
+
+fn key(kind: &'static Kind, ns: &str, name: &str) -> Key {
+    (kind.group, kind.plural, ns.to_string(), name.to_string())
+}
+
+struct Inner {
+    objects: BTreeMap<Key, Value>,
+    rv: u64,
+    uid: u64,
+    history: VecDeque<Arc<Change>>,
+    /// Changes up to this version are gone from the history: a watch from before gets 410.
+    compacted: u64,
+    /// Injected conflicts: (plural, name) → how many writes still fail with 409.
+    conflicts: BTreeMap<(String, String), u32>,
+    /// Writes seen per (plural, verb), for tests and the benchmark.
+    writes: BTreeMap<(String, String), u64>,
+}
+
+/// How the store applies a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sub {
+    /// The object itself.
+    Main,
+    /// `/status`.
+    Status,
+}
+
+/// The store. Cheap to share (`Arc`).
+pub struct Store {
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<Arc<Change>>,
+    history_limit: usize,
+    kubevirt: Swagger,
+    wukong: Swagger,
+    /// Bumped to end every open watch (with [`Store::compact`]).
+    pub closed: tokio::sync::watch::Sender<u64>,
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn rv_of(v: &Value) -> Option<u64> {
+    v["metadata"]["resourceVersion"].as_str()?.parse().ok()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Parses a Kubernetes quantity into bytes.
+pub fn bytes(v: &Value) -> Option<u64> {
+    match v {
+        Value::String(s) => wukong_api::quantity::parse_bytes(s).ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+impl Store {
+    /// An empty store keeping `history_limit` changes for watches to resume from.
+    pub fn new(history_limit: usize) -> Arc<Store> {
+        let swagger: Value = serde_json::from_str(include_str!(
+            "../../kubevirt/tests/fixtures/kubevirt-v1.9.0-swagger.json"
+        ))
+        .expect("the swagger fixture parses");
+        let (tx, _) = broadcast::channel(1 << 16);
+        Arc::new(Store {
+            inner: Mutex::new(Inner {
+                objects: BTreeMap::new(),
+                rv: 1000,
+                uid: 0,
+                history: VecDeque::new(),
+                compacted: 0,
+                conflicts: BTreeMap::new(),
+                writes: BTreeMap::new(),
+            }),
+            tx,
+            history_limit,
+            kubevirt: Swagger::new(&swagger).expect("the swagger fixture has definitions"),
+            wukong: Swagger::single("Wukong", wukong_api::crd::schema()),
+            closed: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// Subscribes to changes (taken before reading the history, so nothing falls between).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.tx.subscribe()
+    }
+
+    /// The current resource version.
+    pub fn resource_version(&self) -> u64 {
+        self.inner.lock().expect("store").rv
+    }
+
+    /// Changes after `rv` of `kind`, or `Err(oldest)` when they are no longer kept (410).
+    pub fn since(&self, kind: &Kind, rv: u64) -> Result<Vec<Arc<Change>>, u64> {
+        let g = self.inner.lock().expect("store");
+        if rv < g.compacted {
+            return Err(g.compacted);
+        }
+        Ok(g.history
+            .iter()
+            .filter(|c| c.rv > rv && std::ptr::eq(c.kind, kind))
+            .cloned()
+            .collect())
+    }
+
+    /// Forgets the history and ends every watch: clients must resume, get 410, and re-list.
+    pub fn compact(&self) {
+        let mut g = self.inner.lock().expect("store");
+        g.history.clear();
+        g.compacted = g.rv;
+        drop(g);
+        self.closed.send_modify(|n| *n += 1);
+    }
+
+    /// Makes the next `n` writes of `plural`/`name` fail with 409 Conflict.
+    pub fn inject_conflicts(&self, plural: &str, name: &str, n: u32) {
+        self.inner
+            .lock()
+            .expect("store")
+            .conflicts
+            .insert((plural.into(), name.into()), n);
+    }
+
+    /// How many writes of `verb` (`create`, `update`, `patch`, `delete`) on `plural` were made.
+    pub fn writes(&self, plural: &str, verb: &str) -> u64 {
+        *self
+            .inner
+            .lock()
+            .expect("store")
+            .writes
+            .get(&(plural.into(), verb.into()))
+            .unwrap_or(&0)
+    }
+
+    /// Counts a write attempt.
+    pub fn count(&self, plural: &str, verb: &str) {
+        *self
+            .inner
+            .lock()
+            .expect("store")
+            .writes
+            .entry((plural.into(), verb.into()))
+            .or_default() += 1;
+    }
+
+    /// One object.
+    pub fn get(&self, kind: &'static Kind, ns: &str, name: &str) -> Option<Value> {
+        self.inner
+            .lock()
+            .expect("store")
+            .objects
+            .get(&key(kind, ns, name))
+            .cloned()
+    }
+
+    /// Objects of `kind` in `ns` (every namespace when `None`), and the resource version.
+    pub fn list(&self, kind: &'static Kind, ns: Option<&str>) -> (Vec<Value>, u64) {
+        let g = self.inner.lock().expect("store");
+        let items = g
+            .objects
+            .iter()
+            .filter(|((gr, pl, n, _), _)| {
+                *gr == kind.group && *pl == kind.plural && ns.is_none_or(|ns| ns == n)
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, g.rv)
+    }
+
+    fn record(&self, g: &mut Inner, kind: &'static Kind, what: &'static str, object: Value) {
+        let change = Arc::new(Change {
+            rv: g.rv,
+            kind,
+            kind_of_change: what,
+            object,
+        });
+        g.history.push_back(change.clone());
+        while g.history.len() > self.history_limit {
+            if let Some(c) = g.history.pop_front() {
+                g.compacted = c.rv;
+            }
+        }
+        let _ = self.tx.send(change);
+    }
+
+    fn validate(&self, g: &Inner, kind: &Kind, new: &Value, old: Option<&Value>) -> Vec<String> {
+        let mut errors = Vec::new();
+        match kind.kind {
+            "Wukong" => {
+                errors.extend(self.wukong.validate("Wukong", new));
+                errors.extend(
+                    wukong_api::crd::check_cel(new, old)
+                        .into_iter()
+                        .map(|v| format!("{}: Invalid value: {}", v.field, v.message)),
+                );
+            }
+            "VirtualMachine" => {
+                errors.extend(self.kubevirt.validate("v1.VirtualMachine", new));
+                errors.extend(wukong_kubevirt::webhook::check_vm(new));
+            }
+            "VirtualMachineInstance" => {
+                errors.extend(self.kubevirt.validate("v1.VirtualMachineInstance", new))
+            }
+            "KubeVirt" => errors.extend(self.kubevirt.validate("v1.KubeVirt", new)),
+            "PersistentVolumeClaim" => errors.extend(pvc_rules(g, new, old)),
+            _ => {}
+        }
+        errors
+    }
+
+    /// Creates `obj` of `kind` in `ns`.
+    pub fn create(&self, kind: &'static Kind, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+        self.count(kind.plural, "create");
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if !is_dns_subdomain(&name) {
+            return Err(ApiError::invalid(
+                kind,
+                &name,
+                &[format!(
+                    "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain"
+                )],
+            ));
+        }
+        if obj["apiVersion"] != kind.api_version() || obj["kind"] != kind.kind {
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                format!(
+                    "the body is {} {}, not {} {}",
+                    obj["apiVersion"],
+                    obj["kind"],
+                    kind.api_version(),
+                    kind.kind
+                ),
+            ));
+        }
+        let mut g = self.inner.lock().expect("store");
+        let k = key(kind, if kind.namespaced { ns } else { "" }, &name);
+        if g.objects.contains_key(&k) {
+            return Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{}.{} \"{name}\" already exists", kind.plural, kind.group),
+            ));
+        }
+        if kind.status && kind.kind == "Wukong" {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        g.rv += 1;
+        g.uid += 1;
+        let md = &mut obj["metadata"];
+        if kind.namespaced {
+            md["namespace"] = json!(ns);
+        } else if let Some(m) = md.as_object_mut() {
+            m.remove("namespace");
+        }
+        md["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", g.uid));
+        md["resourceVersion"] = json!(g.rv.to_string());
+        md["creationTimestamp"] = json!(now());
+        if kind.generation {
+            md["generation"] = json!(1);
+        }
+        if let Some(m) = md.as_object_mut() {
+            m.remove("deletionTimestamp");
+        }
+        if kind.kind == "PersistentVolumeClaim" && obj["spec"].get("storageClassName").is_none() {
+            // The DefaultStorageClass admission plugin.
+            let default = g
+                .objects
+                .iter()
+                .find(|((gr, pl, _, _), v)| {
+                    *gr == "storage.k8s.io"
+                        && *pl == "storageclasses"
+                        && v["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"]
+                            == "true"
+                })
+                .map(|(_, v)| v["metadata"]["name"].clone());
+            if let Some(sc) = default {
+                obj["spec"]["storageClassName"] = sc;
+            }
+        }
+        let errors = self.validate(&g, kind, &obj, None);
+        if !errors.is_empty() {
+            g.rv -= 1;
+            return Err(ApiError::invalid(kind, &name, &errors));
+        }
+        g.objects.insert(k, obj.clone());
+        self.record(&mut g, kind, "ADDED", obj.clone());
+        Ok(obj)
+    }
+
+    /// Replaces the object (or its status) with `new`, as PUT does; PATCH computes `new` first.
+    pub fn update(
+        &self,
+        kind: &'static Kind,
+        ns: &str,
+        name: &str,
+        mut new: Value,
+        sub: Sub,
+    ) -> Result<Value, ApiError> {
+        let mut g = self.inner.lock().expect("store");
+        let ns = if kind.namespaced { ns } else { "" };
+        let k = key(kind, ns, name);
+        let Some(old) = g.objects.get(&k).cloned() else {
+            return Err(ApiError::not_found(kind, name));
+        };
+        if let Some(n) = g
+            .conflicts
+            .get_mut(&(kind.plural.to_string(), name.to_string()))
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(conflict(kind, name));
+        }
+        if new["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        if let Some(rv) = rv_of(&new)
+            && Some(rv) != rv_of(&old)
+        {
+            return Err(conflict(kind, name));
+        }
+        let mut result = match (sub, kind.status) {
+            (Sub::Status, _) => {
+                let mut r = old.clone();
+                r["status"] = new["status"].take();
+                r
+            }
+            (Sub::Main, true) => {
+                let mut r = new;
+                match old.get("status") {
+                    Some(s) => r["status"] = s.clone(),
+                    None => {
+                        if let Some(o) = r.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+                r
+            }
+            (Sub::Main, false) => new,
+        };
+        // What the client cannot change.
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "namespace",
+            "name",
+            "generation",
+        ] {
+            match old["metadata"].get(f) {
+                Some(v) => result["metadata"][f] = v.clone(),
+                None => {
+                    if let Some(m) = result["metadata"].as_object_mut() {
+                        m.remove(f);
+                    }
+                }
+            }
+        }
+        result["apiVersion"] = old["apiVersion"].clone();
+        result["kind"] = old["kind"].clone();
+        if old["metadata"].get("deletionTimestamp").is_some() {
+            let before: HashSet<String> = strings(&old["metadata"]["finalizers"])
+                .into_iter()
+                .collect();
+            if strings(&result["metadata"]["finalizers"])
+                .iter()
+                .any(|f| !before.contains(f))
+            {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "{}.{} \"{name}\" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted",
+                        kind.kind, kind.group
+                    ),
+                ));
+            }
+        }
+        result["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        if result == old {
+            return Ok(old);
+        }
+        if kind.generation && sub == Sub::Main {
+            let body = |v: &Value| {
+                let mut v = v.clone();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("metadata");
+                    o.remove("status");
+                }
+                v
+            };
+            if body(&result) != body(&old) {
+                let gen_ = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+                result["metadata"]["generation"] = json!(gen_);
+            }
+        }
+        let errors = self.validate(&g, kind, &result, Some(&old));
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(kind, name, &errors));
+        }
+        g.rv += 1;
+        result["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+        if result["metadata"].get("deletionTimestamp").is_some()
+            && strings(&result["metadata"]["finalizers"]).is_empty()
+        {
+            g.objects.remove(&k);
+            self.record(&mut g, kind, "DELETED", result.clone());
+            let uid = result["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            drop(g);
+            self.collect_garbage(&uid);
+            return Ok(result);
+        }
+        g.objects.insert(k, result.clone());
+        self.record(&mut g, kind, "MODIFIED", result.clone());
+        Ok(result)
+    }
+
+    /// Deletes the object: marks it while finalizers remain, removes it otherwise.
+    pub fn delete(&self, kind: &'static Kind, ns: &str, name: &str) -> Result<Value, ApiError> {
+        self.count(kind.plural, "delete");
+        let mut g = self.inner.lock().expect("store");
+        let ns = if kind.namespaced { ns } else { "" };
+        let k = key(kind, ns, name);
+        let Some(mut obj) = g.objects.get(&k).cloned() else {
+            return Err(ApiError::not_found(kind, name));
+        };
+        g.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+        if !strings(&obj["metadata"]["finalizers"]).is_empty() {
+            if obj["metadata"].get("deletionTimestamp").is_none() {
+                obj["metadata"]["deletionTimestamp"] = json!(now());
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                g.objects.insert(k, obj.clone());
+                self.record(&mut g, kind, "MODIFIED", obj.clone());
+            } else {
+                g.rv -= 1;
+            }
+            return Ok(obj);
+        }
+        g.objects.remove(&k);
+        self.record(&mut g, kind, "DELETED", obj.clone());
+        let uid = obj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        drop(g);
+        self.collect_garbage(&uid);
+        Ok(obj)
+    }
+
+    /// Deletes what `uid` owned (the garbage collector's background cascade).
+    fn collect_garbage(&self, uid: &str) {
+        let owned: Vec<(&'static Kind, String, String)> = {
+            let g = self.inner.lock().expect("store");
+            g.objects
+                .iter()
+                .filter(|(_, v)| {
+                    v["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|o| o.iter().any(|r| r["uid"] == uid))
+                })
+                .map(|((gr, pl, ns, name), _)| {
+                    let kind = KINDS
+                        .iter()
+                        .find(|k| k.group == *gr && k.plural == *pl)
+                        .expect("stored kinds are served");
+                    (kind, ns.clone(), name.clone())
+                })
+                .collect()
+        };
+        for (kind, ns, name) in owned {
+            let _ = self.delete(kind, &ns, &name);
+        }
+    }
+}
+
+fn conflict(kind: &Kind, name: &str) -> ApiError {
+    ApiError::new(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            kind.plural, kind.group
+        ),
+    )
+}
+
+/// The rules a real API server applies to PVC updates: the spec is immutable except the
+/// storage request, which may only grow, and only where the StorageClass allows expansion.
+fn pvc_rules(g: &Inner, new: &Value, old: Option<&Value>) -> Vec<String> {
+    let Some(old) = old else {
+        return match new["spec"]["resources"]["requests"]
+            .get("storage")
+            .and_then(bytes)
+        {
+            Some(_) => vec![],
+            None => vec!["spec.resources.requests.storage: Required value".into()],
+        };
+    };
+    let storage = |v: &Value| bytes(&v["spec"]["resources"]["requests"]["storage"]);
+    let without = |v: &Value| {
+        let mut s = v["spec"].clone();
+        s["resources"]["requests"]["storage"] = Value::Null;
+        // The binder fills these in.
+        if let Some(o) = s.as_object_mut() {
+            o.remove("volumeName");
+        }
+        s
+    };
+    let mut errors = Vec::new();
+    if without(new) != without(old) {
+        errors.push("spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims".into());
+    }
+    match (storage(new), storage(old)) {
+        (Some(n), Some(o)) if n < o => errors.push(
+            "spec.resources.requests.storage: Forbidden: field can not be less than previous value"
+                .into(),
+        ),
+        (Some(n), Some(o)) if n > o => {
+            let sc = new["spec"]["storageClassName"].as_str().unwrap_or_default();
+            let expandable = g
+                .objects
+                .get(&(
+                    "storage.k8s.io",
+                    "storageclasses",
+                    String::new(),
+                    sc.to_string(),
+                ))
+                .is_some_and(|c| c["allowVolumeExpansion"] == true);
+            if !expandable {
+                errors.push(format!(
+                    "spec.resources.requests.storage: Forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize (storage class {sc:?})"
+                ));
+            }
+        }
+        (None, _) => errors.push("spec.resources.requests.storage: Required value".into()),
+        _ => {}
+    }
+    errors
+}

@@ -4,6 +4,7 @@
 
 mod demo;
 mod offline;
+mod operator;
 mod output;
 mod progress;
 mod remote;
@@ -244,6 +245,8 @@ enum Command {
     },
     /// Run the local control plane (API on a unix socket in WUKONG_HOME).
     Serve(serve::ServeArgs),
+    /// Run the Kubernetes operator (Wukongs → KubeVirt VMs and PVCs).
+    Operator(operator::OperatorArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -433,6 +436,7 @@ async fn run(command: Command) -> Result<i32, Failure> {
             command: ImageCommand::Build { dir },
         } => ok(remote::image_build(&remote::image_dir(dir)).await),
         Command::Serve(args) => ok(serve::serve(args).await),
+        Command::Operator(args) => ok(operator::operator(args).await),
         Command::Demo { target } => ok(demo::run(&target.target()).await),
     }
 }

@@ -385,7 +385,18 @@ fn patched(
     let mut doc = current.clone();
     match content_type.split(';').next().unwrap_or_default().trim() {
         "application/json-patch+json" => {
-            let patch: json_patch::Patch = serde_json::from_slice(body)
+            let mut ops: Vec<Value> = serde_json::from_slice(body)
+                .map_err(|e| ApiError::new(400, "BadRequest", format!("not a JSON patch: {e}")))?;
+            // As the API server's JSON patch library does: testing for null passes on a
+            // path that does not exist.
+            ops.retain(|op| {
+                !(op["op"] == "test"
+                    && op["value"].is_null()
+                    && op["path"]
+                        .as_str()
+                        .is_some_and(|p| doc.pointer(p).is_none()))
+            });
+            let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
                 .map_err(|e| ApiError::new(400, "BadRequest", format!("not a JSON patch: {e}")))?;
             json_patch::patch(&mut doc, &patch).map_err(|e| {
                 ApiError::new(

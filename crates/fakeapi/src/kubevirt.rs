@@ -60,6 +60,8 @@ struct Guests {
 pub struct Sim {
     store: Arc<Store>,
     guests: Mutex<Guests>,
+    /// One reconcile at a time, as one KubeVirt controller worker per VM would.
+    busy: Mutex<()>,
     /// Injected faults.
     pub faults: Mutex<Faults>,
 }
@@ -122,6 +124,7 @@ impl Sim {
         Arc::new(Sim {
             store,
             guests: Mutex::new(Guests::default()),
+            busy: Mutex::new(()),
             faults: Mutex::new(Faults::default()),
         })
     }
@@ -159,6 +162,18 @@ impl Sim {
                 }
                 Err(_) => return,
             }
+        }
+    }
+
+    /// Goes over every PVC and VM again (what KubeVirt's and the resizer's resyncs do).
+    pub fn resync(&self) {
+        let (pvcs, _) = self.store.list(pvc_kind(), None);
+        for p in &pvcs {
+            self.bind_and_resize(p);
+        }
+        let (vms, _) = self.store.list(vm_kind(), None);
+        for vm in vms {
+            self.reconcile_object(&vm);
         }
     }
 
@@ -215,6 +230,11 @@ impl Sim {
     }
 
     fn reconcile(&self, ns: &str, name: &str) {
+        let _busy = self.busy.lock().expect("busy");
+        self.reconcile_locked(ns, name);
+    }
+
+    fn reconcile_locked(&self, ns: &str, name: &str) {
         let vmi = self.store.get(vmi_kind(), ns, name);
         let Some(vm) = self.store.get(vm_kind(), ns, name) else {
             if vmi.is_some() {
@@ -231,7 +251,18 @@ impl Sim {
         let mut restart_required = vm["status"]["conditions"]
             .as_array()
             .is_some_and(|c| c.iter().any(|c| c["type"] == "RestartRequired"));
-        let vmi = match (want, vmi) {
+        // The launcher pod is scheduled only once its claims are bound.
+        let bound = vm["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(claim)
+            .all(|c| {
+                self.store
+                    .get(pvc_kind(), ns, c)
+                    .is_some_and(|p| p["status"]["phase"] == "Bound")
+            });
+        let vmi = match (want && (bound || vmi.is_some()), vmi) {
             (true, None) => {
                 restart_required = false;
                 self.start(ns, name, &vm)
@@ -380,7 +411,7 @@ impl Sim {
                 let mode = pvc["spec"]["volumeMode"].as_str().unwrap_or("Filesystem");
                 vs["persistentVolumeClaimInfo"] = json!({
                     "claimName": c, "accessModes": pvc["spec"]["accessModes"],
-                    "capacity": pvc["status"]["capacity"], "requests": pvc["spec"]["resources"]["requests"],
+                    "capacity": pvc["status"].get("capacity").cloned().unwrap_or_else(|| json!({})), "requests": pvc["spec"]["resources"]["requests"],
                     "volumeMode": mode, "filesystemOverhead": "0.055",
                 });
                 let size = expected_guest_size(
@@ -557,6 +588,7 @@ impl Sim {
         action: &str,
         body: &[u8],
     ) -> Result<(u16, Value), ApiError> {
+        let _busy = self.busy.lock().expect("busy");
         let missing =
             |what: &str| ApiError::new(404, "NotFound", format!("{what} \"{name}\" not found"));
         match (method.as_str(), resource, action) {
@@ -587,7 +619,7 @@ impl Sim {
                         self.store.update(vm_kind(), ns, name, vm2, Sub::Main)?;
                     }
                 }
-                self.reconcile(ns, name);
+                self.reconcile_locked(ns, name);
                 Ok((202, json!({})))
             }
             ("PUT", "virtualmachines", "addvolume" | "removevolume") => {
@@ -653,6 +685,12 @@ impl Sim {
                 format!("no subresource {resource}/{action} for {method}"),
             )),
         }
+    }
+
+    /// What `filesystemlist` answers for VMI `name`, if it runs.
+    pub fn filesystems_of(&self, ns: &str, name: &str) -> Option<Vec<Value>> {
+        let vmi = self.store.get(vmi_kind(), ns, name)?;
+        Some(self.filesystems(ns, &vmi))
     }
 
     fn filesystems(&self, ns: &str, vmi: &Value) -> Vec<Value> {

@@ -111,6 +111,8 @@ impl FakeApi {
     /// Changes the injected faults.
     pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
         f(&mut self.sim.faults.lock().expect("faults"));
+        // The controllers' periodic retries: what failed is tried again.
+        self.sim.resync();
     }
 
     /// An object, if it exists.

@@ -410,7 +410,14 @@ impl Store {
         let mut errors = Vec::new();
         match kind.kind {
             "Wukong" => {
-                errors.extend(self.wukong.validate("Wukong", new));
+                // apiVersion, kind and metadata are the server's own, whatever the schema says.
+                let mut body = new.clone();
+                if let Some(o) = body.as_object_mut() {
+                    for k in ["apiVersion", "kind", "metadata"] {
+                        o.remove(k);
+                    }
+                }
+                errors.extend(self.wukong.validate("Wukong", &body));
                 errors.extend(
                     wukong_api::crd::check_cel(new, old)
                         .into_iter()

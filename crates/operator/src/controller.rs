@@ -1,0 +1,568 @@
+//! The controller: kube-rs's `Controller` on Wukongs, owning their `VirtualMachine`s and
+//! watching their VMIs and PVCs through a label mapper. One reconcile = resolve the desired
+//! configuration → create the VM and its PVCs if missing → converge through the engine
+//! (observe → preflight → plan → edits → verify in the guest) → status and Kubernetes Events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizing, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use wukong_api::{
+    BackendKind, FieldErrors, HostLimits, Pinned, VmConfig, Wukong, WukongStatus, resolve,
+    resolve_new,
+};
+use wukong_engine::status::{apply_event, observe_into, report_into, set_condition};
+use wukong_engine::{Desired, Engine, EngineError, Event, EventSink, Journal, Timeouts, VmRef};
+use wukong_kubevirt::render::{NAME_LABEL, render};
+
+use crate::backend::{
+    KubeTimeouts, KubevirtBackend, delete_disks, pvc_resource, vm_resource, vmi_resource,
+};
+use crate::metrics::Metrics;
+
+/// The finalizer that keeps a Wukong until its VM (and, if asked, its disks) are gone.
+pub const FINALIZER: &str = "vm.novasphere.dev/cleanup";
+/// Annotation: `"true"` deletes the disks (PVCs) with the Wukong; they are kept otherwise.
+pub const DELETE_DISKS: &str = "vm.novasphere.dev/delete-disks";
+const MANAGED: &str = "app.kubernetes.io/managed-by=wukong";
+
+/// Operator settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch one namespace only (all when `None`).
+    pub namespace: Option<String>,
+    /// Where `/metrics`, `/healthz`, `/readyz` listen (none when `None`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long the guest may take to show a step.
+    pub verify_timeout: Duration,
+    /// Platform waits.
+    pub kube: KubeTimeouts,
+    /// Re-verify a converged VM this often.
+    pub resync: Duration,
+    /// First retry delay after a failure (doubling, at most 5 minutes).
+    pub backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            namespace: None,
+            metrics_addr: None,
+            verify_timeout: Duration::from_secs(60),
+            kube: KubeTimeouts::default(),
+            resync: Duration::from_secs(300),
+            backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// The VM could not be observed.
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    client: Client,
+    backend: KubevirtBackend,
+    recorder: Recorder,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    opts: Options,
+    ops: AtomicU64,
+    failures: Mutex<HashMap<VmRef, u32>>,
+}
+
+/// The desired configuration of a Wukong on a cluster: creation defaults resolved, the
+/// ceilings and boot disk pinned in status once chosen.
+pub fn desired_config(w: &Wukong) -> Result<(VmConfig, Pinned), FieldErrors> {
+    let name = w.name_any();
+    let (config, fresh) =
+        resolve_new(&name, &w.spec, BackendKind::Kubevirt, HostLimits::UNLIMITED)?;
+    let Some(pinned) = w.status.as_ref().and_then(Pinned::from_status) else {
+        return Ok((config, fresh));
+    };
+    let full = config.to_spec();
+    let mut spec = w.spec.clone();
+    spec.cpu = spec.cpu.or(full.cpu);
+    spec.memory = spec.memory.or(full.memory);
+    spec.disks = spec.disks.or(full.disks);
+    spec.networks = spec.networks.or(full.networks);
+    Ok((resolve(&name, &spec, &pinned)?, pinned))
+}
+
+/// Persists progress into the Wukong's status and reports it as Kubernetes Events.
+struct StatusSink {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Journal for StatusSink {
+    fn record(&self, _: &VmRef, event: &Event) -> Result<(), String> {
+        self.tx
+            .send(event.clone())
+            .map_err(|_| "the status writer stopped".to_string())
+    }
+}
+
+impl EventSink for StatusSink {
+    fn emit(&self, _: &VmRef, event: &Event) {
+        if matches!(event, Event::StepProgress { .. }) {
+            let _ = self.tx.send(event.clone());
+        }
+    }
+}
+
+fn kube_event(event: &Event) -> Option<KubeEvent> {
+    let (type_, reason, note) = match event {
+        Event::Planned { plan, .. } | Event::Replanned { plan, .. } => {
+            let (live, restart, _) = plan.counts();
+            (
+                EventType::Normal,
+                "Planned",
+                format!("{live} live step(s), {restart} needing a restart"),
+            )
+        }
+        Event::StepStarted { step, .. } => (
+            EventType::Normal,
+            "StepStarted",
+            format!("{} [{}]", step.action.describe(), step.mode),
+        ),
+        Event::StepDone {
+            index, duration_ms, ..
+        } => (
+            EventType::Normal,
+            "StepDone",
+            format!("step {index} verified in the guest after {duration_ms} ms"),
+        ),
+        Event::StepFailed { index, error, .. } => (
+            EventType::Warning,
+            "StepFailed",
+            format!("step {index}: {error}"),
+        ),
+        Event::Restarting { .. } => (
+            EventType::Normal,
+            "Restarting",
+            "restarting the VM for the restart-only changes".into(),
+        ),
+        Event::Restarted { .. } => (
+            EventType::Normal,
+            "Restarted",
+            "the VM runs again with every change".into(),
+        ),
+        Event::RestartPending { reason, .. } => {
+            (EventType::Normal, "RestartPending", reason.clone())
+        }
+        Event::Notice { message, warning } => (
+            if *warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            "Notice",
+            message.clone(),
+        ),
+        _ => return None,
+    };
+    Some(KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    })
+}
+
+async fn write_status(
+    api: &Api<Wukong>,
+    name: &str,
+    status: &WukongStatus,
+) -> Result<(), kube::Error> {
+    let patch = json!([{"op": "add", "path": "/status", "value": status}]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid patch");
+    api.patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map(|_| ())
+}
+
+/// Applies events to `status` and writes it (coalescing bursts), until the engine is done.
+async fn status_writer(
+    api: Api<Wukong>,
+    name: String,
+    mut status: WukongStatus,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    recorder: Recorder,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    metrics: Arc<Metrics>,
+) -> WukongStatus {
+    let mut last_step: Option<(String, String)> = None;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(e) = rx.try_recv() {
+            batch.push(e);
+        }
+        for e in &batch {
+            apply_event(&mut status, e);
+            match e {
+                Event::StepStarted { step, .. } => {
+                    last_step = Some((action_name(&step.action), step.mode.to_string()));
+                }
+                Event::StepDone { duration_ms, .. } => {
+                    if let Some((a, m)) = &last_step {
+                        metrics.step(a, m, *duration_ms as f64 / 1000.0);
+                    }
+                }
+                _ => {}
+            }
+            if let Some(k) = kube_event(e) {
+                let _ = recorder.publish(&k, &reference).await;
+            }
+        }
+        if let Err(e) = write_status(&api, &name, &status).await {
+            tracing::warn!(%name, error = %e, "progress not written to status");
+        }
+    }
+    status
+}
+
+fn action_name(a: &wukong_planner::Action) -> String {
+    serde_json::to_value(a)
+        .ok()
+        .and_then(|v| v["action"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn backoff(base: Duration, failures: u32) -> Duration {
+    (base * (1 << failures.saturating_sub(1).min(8))).min(Duration::from_secs(300))
+}
+
+async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = w.namespace().unwrap_or_default();
+    let name = w.name_any();
+    let vm = VmRef::new(&ns, &name);
+    let api: Api<Wukong> = Api::namespaced(ctx.client.clone(), &ns);
+    // The cache may lag our own last status write (the pinned ceilings and boot disk live
+    // there): work from the object as stored.
+    let Some(w) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let generation = w.metadata.generation.unwrap_or(1);
+    let before = w.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let reference = w.object_ref(&());
+    let (config, pinned) = match desired_config(&w) {
+        Ok(c) => c,
+        Err(errors) => {
+            set_condition(
+                &mut status.conditions,
+                "Degraded",
+                true,
+                "InvalidSpec",
+                &errors.to_string(),
+                Some(generation),
+            );
+            if status != before {
+                write_status(&api, &name, &status).await?;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+    ctx.backend.set_desired(&vm, config.clone());
+    let vms: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &vm_resource());
+    if vms.get_opt(&name).await?.is_none() {
+        create(&ctx, &w, &config).await?;
+        status.max_cpu = Some(pinned.max_cpu);
+        status.max_memory = Some(wukong_api::Quantity::from_bytes(pinned.max_memory));
+        status.boot_disk = pinned.boot_disk.clone();
+        status.phase = Some(wukong_api::Phase::Pending);
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            false,
+            "Creating",
+            "the VirtualMachine and its disks were created",
+            Some(generation),
+        );
+        write_status(&api, &name, &status).await?;
+        let _ = ctx
+            .recorder
+            .publish(
+                &KubeEvent {
+                    type_: EventType::Normal,
+                    reason: "Created".into(),
+                    note: Some(format!(
+                        "VirtualMachine {name} and {} PVC(s)",
+                        config.disks.len()
+                    )),
+                    action: "Create".into(),
+                    secondary: None,
+                },
+                &reference,
+            )
+            .await;
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(status_writer(
+        api.clone(),
+        name.clone(),
+        status.clone(),
+        rx,
+        ctx.recorder.clone(),
+        reference,
+        ctx.metrics.clone(),
+    ));
+    let sink = StatusSink { tx };
+    let op = format!(
+        "{generation}-{}",
+        ctx.ops.fetch_add(1, Ordering::SeqCst) + 1
+    );
+    let (_desired_tx, mut desired_rx) = watch::channel(Desired { generation, config });
+    let engine = Engine {
+        backend: &ctx.backend,
+        journal: &sink,
+        events: &sink,
+        timeouts: Timeouts {
+            verify: ctx.opts.verify_timeout,
+        },
+    };
+    let outcome = engine.converge(&vm, &op, &mut desired_rx).await;
+    drop(sink);
+    let mut status = writer.await.unwrap_or(status);
+    let action = match outcome {
+        Ok(report) => {
+            if let Some(o) = &report.observed {
+                observe_into(&mut status, o, Some(generation));
+            }
+            report_into(&mut status, &report);
+            if !report.steps.is_empty() {
+                ctx.metrics.operation(if report.succeeded {
+                    "succeeded"
+                } else {
+                    "failed"
+                });
+            }
+            ctx.metrics.pending(&vm, report.pending.is_some());
+            let mut failures = ctx.failures.lock().expect("failures");
+            if report.succeeded {
+                failures.remove(&vm);
+                if report.pending.is_some() {
+                    Action::requeue(Duration::from_secs(60))
+                } else {
+                    Action::requeue(ctx.opts.resync)
+                }
+            } else {
+                let n = failures.entry(vm.clone()).or_default();
+                *n += 1;
+                Action::requeue(backoff(ctx.opts.backoff, *n))
+            }
+        }
+        Err(EngineError::Plan(e)) => {
+            set_condition(
+                &mut status.conditions,
+                "Degraded",
+                true,
+                "Refused",
+                &e.to_string(),
+                Some(generation),
+            );
+            Action::await_change()
+        }
+        Err(e) => {
+            set_condition(
+                &mut status.conditions,
+                "Degraded",
+                true,
+                "Unobservable",
+                &e.to_string(),
+                Some(generation),
+            );
+            if status != before {
+                write_status(&api, &name, &status).await?;
+            }
+            return Err(Error::Engine(e.to_string()));
+        }
+    };
+    if status != before {
+        write_status(&api, &name, &status).await?;
+    }
+    Ok(action)
+}
+
+/// Creates the PVCs and the VM of a new Wukong. The VM is owned by the Wukong (it goes with
+/// it); the PVCs are not (data is kept unless the Wukong asks otherwise).
+async fn create(ctx: &Context, w: &Wukong, config: &VmConfig) -> Result<(), Error> {
+    let ns = w.namespace().unwrap_or_default();
+    let name = w.name_any();
+    let rendered = render(&name, &ns, config);
+    let pvcs: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &pvc_resource());
+    for p in &rendered.pvcs {
+        let obj: DynamicObject =
+            serde_json::from_value(p.clone()).map_err(|e| Error::Engine(e.to_string()))?;
+        match pvcs.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut vm = rendered.vm;
+    let owner = w
+        .controller_owner_ref(&())
+        .expect("a stored object has a uid");
+    vm["metadata"]["ownerReferences"] = json!([owner]);
+    let obj: DynamicObject =
+        serde_json::from_value(vm).map_err(|e| Error::Engine(e.to_string()))?;
+    let vms: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &vm_resource());
+    match vms.create(&PostParams::default(), &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn cleanup(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = w.namespace().unwrap_or_default();
+    let name = w.name_any();
+    let vm = VmRef::new(&ns, &name);
+    let vms: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &vm_resource());
+    match vms.delete(&name, &DeleteParams::foreground()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let keep = w
+        .annotations()
+        .get(DELETE_DISKS)
+        .is_none_or(|v| v != "true");
+    let note = if keep {
+        format!("VM deleted; its disks are kept (PVCs labelled {NAME_LABEL}={name})")
+    } else {
+        let n = delete_disks(&ctx.client, &vm).await?;
+        format!("VM and {n} disk(s) deleted")
+    };
+    let _ = ctx
+        .recorder
+        .publish(
+            &KubeEvent {
+                type_: EventType::Normal,
+                reason: "Deleted".into(),
+                note: Some(note),
+                action: "Delete".into(),
+                secondary: None,
+            },
+            &w.object_ref(&()),
+        )
+        .await;
+    ctx.backend.forget(&vm);
+    ctx.metrics.pending(&vm, false);
+    Ok(Action::await_change())
+}
+
+async fn reconcile(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = w.namespace().unwrap_or_default();
+    let api: Api<Wukong> = Api::namespaced(ctx.client.clone(), &ns);
+    let c = ctx.clone();
+    let r = finalizer(&api, FINALIZER, w, |event| async move {
+        match event {
+            Finalizing::Apply(w) => apply(w, c).await,
+            Finalizing::Cleanup(w) => cleanup(w, c).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()));
+    ctx.metrics
+        .reconcile(if r.is_ok() { "ok" } else { "error" });
+    r
+}
+
+fn error_policy(w: Arc<Wukong>, error: &Error, ctx: Arc<Context>) -> Action {
+    let vm = VmRef::new(&w.namespace().unwrap_or_default(), &w.name_any());
+    tracing::warn!(%vm, %error, "reconcile failed");
+    let mut failures = ctx.failures.lock().expect("failures");
+    let n = failures.entry(vm).or_default();
+    *n += 1;
+    Action::requeue(backoff(ctx.opts.backoff, *n))
+}
+
+fn by_label(o: DynamicObject) -> Option<ObjectRef<Wukong>> {
+    let name = o.labels().get(NAME_LABEL)?.clone();
+    Some(ObjectRef::new(&name).within(&o.namespace()?))
+}
+
+/// Runs the operator until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = opts.metrics_addr {
+        let local = crate::metrics::serve(metrics.clone(), addr)
+            .await
+            .map_err(|e| Error::Engine(format!("metrics on {addr}: {e}")))?;
+        tracing::info!(%local, "serving /metrics, /healthz, /readyz");
+    }
+    let dynamic = |ar: &kube::core::ApiResource| -> Api<DynamicObject> {
+        match &opts.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+            None => Api::all_with(client.clone(), ar),
+        }
+    };
+    let wukongs: Api<Wukong> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (vm_ar, vmi_ar, pvc_ar) = (vm_resource(), vmi_resource(), pvc_resource());
+    let (vms, vmis, pvcs) = (dynamic(&vm_ar), dynamic(&vmi_ar), dynamic(&pvc_ar));
+    let ctx = Arc::new(Context {
+        backend: KubevirtBackend::new(client.clone(), opts.kube),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "wukong-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        metrics: metrics.clone(),
+        opts,
+        ops: AtomicU64::new(0),
+        failures: Mutex::new(HashMap::new()),
+    });
+    let wc = watcher::Config::default();
+    let controller = Controller::new(wukongs, wc.clone())
+        .owns_with(vms, vm_ar, wc.clone().labels(MANAGED))
+        .watches_with(vmis, vmi_ar, wc.clone().labels(NAME_LABEL), by_label)
+        .watches_with(pvcs, pvc_ar, wc.labels(MANAGED), by_label)
+        .graceful_shutdown_on(shutdown);
+    metrics.set_ready();
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    Ok(())
+}

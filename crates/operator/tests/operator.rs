@@ -1,0 +1,385 @@
+//! The operator against the fake API server and its simulated KubeVirt, over real HTTP with
+//! the real kube client and Controller. (Issue: the operator on Kubernetes.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BASIC, Cluster};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+fn sockets(vm: &serde_json::Value) -> u64 {
+    vm["spec"]["template"]["spec"]["domain"]["cpu"]["sockets"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The size of the filesystem mounted at `mount`, as the guest agent reports it.
+fn fs_total(c: &Cluster, vmi: &str, mount: &str) -> Option<u64> {
+    c.api
+        .sim
+        .filesystems_of(common::NS, vmi)?
+        .iter()
+        .find(|f| f["mountPoint"] == mount)
+        .and_then(|f| f["totalBytes"].as_u64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_the_vm_and_disks_formats_the_data_disk_and_reports_ready() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    let w = c.converged("w").await;
+    let vm = c.vm("w").expect("the VirtualMachine exists");
+    assert_eq!(sockets(&vm), 2);
+    assert_eq!(
+        vm["metadata"]["ownerReferences"][0]["kind"], "Wukong",
+        "the VM goes with its Wukong"
+    );
+    let data = c.pvc("w-data").expect("a PVC per disk");
+    assert!(
+        data["metadata"].get("ownerReferences").is_none(),
+        "disks are not garbage-collected"
+    );
+    assert_eq!(data["spec"]["resources"]["requests"]["storage"], "20Gi");
+    assert!(c.vmi("w").is_some(), "KubeVirt runs it");
+    assert_eq!(w["metadata"]["finalizers"][0], wukong_operator::FINALIZER);
+    assert_eq!(w["status"]["maxCpu"], 4, "the ceiling is pinned");
+    assert_eq!(c.condition("w", "Ready").unwrap().0, "True");
+    // The blank data disk got its filesystem through the guest agent, mounted at /data.
+    assert_eq!(fs_total(&c, "w", "/data"), Some(20 << 30));
+    assert!(
+        c.api.store.writes("pods/exec", "create") > 0,
+        "through the launcher's compute container"
+    );
+    assert!(c.event_reasons("w").contains(&"Created".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_and_memory_grow_live_verified_from_the_vmi_and_counted_in_metrics() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    let boot = c.vmi("w").unwrap()["metadata"]["uid"].clone();
+    c.patch_spec("w", json!({"cpu": 3, "memory": "3Gi"})).await;
+    let w = c.converged("w").await;
+    let vmi = c.vmi("w").unwrap();
+    assert_eq!(vmi["metadata"]["uid"], boot, "no restart");
+    assert_eq!(vmi["status"]["currentCPUTopology"]["sockets"], 3);
+    assert_eq!(vmi["status"]["memory"]["guestCurrent"], "3Gi");
+    let op = &w["status"]["lastOperation"];
+    assert_eq!(op["phase"], "Succeeded");
+    let steps = op["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{op}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["mode"] == "live" && s["state"] == "Done"),
+        "{op}"
+    );
+    assert_eq!(w["status"]["guest"]["cpusOnline"], 3);
+    let reasons = c.event_reasons("w");
+    assert!(reasons.contains(&"StepDone".to_string()), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_grows_its_pvc_then_its_filesystem_in_the_guest() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    let execs = c.api.store.writes("pods/exec", "create");
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "30Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}}]}),
+    )
+    .await;
+    let w = c.converged("w").await;
+    let pvc = c.pvc("w-data").unwrap();
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "30Gi");
+    assert_eq!(pvc["status"]["capacity"]["storage"], "30Gi");
+    assert_eq!(
+        fs_total(&c, "w", "/data"),
+        Some(30 << 30),
+        "the filesystem fills the grown disk"
+    );
+    assert!(c.api.store.writes("pods/exec", "create") > execs);
+    let steps: Vec<String> = w["status"]["lastOperation"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["description"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(steps.len(), 2, "disk, then filesystem: {steps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_and_nics_attach_and_detach_live() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    let boot = c.vmi("w").unwrap()["metadata"]["uid"].clone();
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "20Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}},
+                         {"name": "logs", "size": "5Gi", "filesystem": {"type": "xfs", "mountPath": "/logs"}}],
+               "networks": [{"name": "default", "pod": {}}, {"name": "lan", "multus": {"networkName": "tenant/lan"}}]}),
+    )
+    .await;
+    c.converged("w").await;
+    let vmi = c.vmi("w").unwrap();
+    assert_eq!(vmi["metadata"]["uid"], boot, "no restart");
+    let volumes: Vec<&str> = vmi["status"]["volumeStatus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(volumes.contains(&"logs"), "{volumes:?}");
+    assert!(c.pvc("w-logs").is_some());
+    assert_eq!(fs_total(&c, "w", "/logs"), Some(5 << 30));
+    let nics: Vec<&str> = vmi["status"]["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(nics, ["default", "lan"]);
+    // Now take both away again.
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "20Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}}],
+               "networks": [{"name": "default", "pod": {}}]}),
+    )
+    .await;
+    c.converged("w").await;
+    let vmi = c.vmi("w").unwrap();
+    assert_eq!(vmi["metadata"]["uid"], boot, "no restart");
+    assert_eq!(vmi["status"]["volumeStatus"].as_array().unwrap().len(), 2);
+    assert_eq!(vmi["status"]["interfaces"].as_array().unwrap().len(), 1);
+    let lan = &c.vm("w").unwrap()["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][1];
+    assert_eq!(lan["state"], "absent", "unplugged the KubeVirt way");
+    assert!(c.pvc("w-logs").is_some(), "a detached disk keeps its data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_only_change_waits_under_never_and_restarts_under_automatic() {
+    let c = Cluster::start().await;
+    c.create("w", &format!("{BASIC}  restartPolicy: Never\n"))
+        .await;
+    c.converged("w").await;
+    let boot = c.vmi("w").unwrap()["metadata"]["uid"].clone();
+    // KubeVirt refuses vCPU hot-unplug: 2 → 1 needs a restart.
+    c.patch_spec("w", json!({"cpu": 1})).await;
+    c.until("the restart to be pending", T, |c| {
+        c.condition("w", "RestartRequired")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let w = c.wukong("w").unwrap();
+    assert_eq!(w["status"]["restartPending"], true);
+    assert_eq!(
+        w["status"]["pendingChanges"][0]["resource"], "cpu",
+        "{}",
+        w["status"]
+    );
+    assert_eq!(
+        sockets(&c.vm("w").unwrap()),
+        2,
+        "nothing restart-only is written before the restart"
+    );
+    assert_eq!(c.vmi("w").unwrap()["metadata"]["uid"], boot);
+    c.patch_spec("w", json!({"restartPolicy": "Automatic"}))
+        .await;
+    c.converged("w").await;
+    c.until("the pending restart to clear", T, |c| {
+        c.condition("w", "RestartRequired")
+            .is_some_and(|(s, _, _)| s == "False")
+    })
+    .await;
+    let vmi = c.vmi("w").unwrap();
+    assert_ne!(vmi["metadata"]["uid"], boot, "restarted");
+    assert_eq!(vmi["status"]["currentCPUTopology"]["sockets"], 1);
+    assert!(c.event_reasons("w").contains(&"Restarted".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pvc_resize_that_fails_degrades_with_the_reason() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    c.api.faults(|f| {
+        f.fail_resize.insert("w-data".into());
+    });
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "40Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}}]}),
+    )
+    .await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(message.contains("could not be resized"), "{message}");
+    let w = c.wukong("w").unwrap();
+    assert_ne!(
+        w["status"]["observedGeneration"], w["metadata"]["generation"],
+        "not claimed converged"
+    );
+    assert_eq!(fs_total(&c, "w", "/data"), Some(20 << 30));
+    // Once the storage recovers, the retry completes it.
+    c.api.faults(|f| f.fail_resize.clear());
+    c.until("the resize to complete", T, |c| {
+        fs_total(c, "w", "/data") == Some(40 << 30)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmi_that_never_shows_the_new_cpu_count_times_out_into_a_condition() {
+    let c = Cluster::start_with(|o| o.verify_timeout = Duration::from_secs(2)).await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    c.api.faults(|f| {
+        f.freeze_cpu.insert("w".into());
+    });
+    c.patch_spec("w", json!({"cpu": 3})).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let w = c.wukong("w").unwrap();
+    assert_eq!(
+        w["status"]["lastOperation"]["phase"], "Failed",
+        "{}",
+        w["status"]
+    );
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(
+        message.contains("cpu") || message.contains("vCPU"),
+        "{message}"
+    );
+    assert_eq!(
+        w["status"]["guest"]["cpusOnline"], 2,
+        "status tells what the guest has"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pod_exec_the_status_says_the_guest_cannot_be_reached() {
+    let c = Cluster::start().await;
+    c.api.faults(|f| f.no_exec = true);
+    c.create("w", BASIC).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(message.contains("pods/exec"), "{message}");
+    assert!(c.vmi("w").is_some(), "the VM itself runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_are_retried_until_the_change_lands() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    // Someone else writes the VM and the Wukong at the same time: the operator's writes
+    // meet 409 Conflict twice each, and are retried.
+    c.api.store.inject_conflicts("virtualmachines", "w", 2);
+    c.patch_spec("w", json!({"cpu": 4})).await;
+    c.api.store.inject_conflicts("wukongs", "w", 2);
+    c.converged("w").await;
+    assert_eq!(
+        c.vmi("w").unwrap()["status"]["currentCPUTopology"]["sockets"],
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_keeps_disks_unless_the_wukong_asks_otherwise() {
+    let c = Cluster::start().await;
+    c.create("keep", BASIC).await;
+    c.converged("keep").await;
+    c.delete("keep").await;
+    c.until("keep to go", T, |c| {
+        c.wukong("keep").is_none() && c.vm("keep").is_none() && c.vmi("keep").is_none()
+    })
+    .await;
+    assert!(
+        c.pvc("keep-data").is_some() && c.pvc("keep-system").is_some(),
+        "disks kept"
+    );
+
+    c.create("gone", BASIC).await;
+    c.converged("gone").await;
+    c.wukongs()
+        .patch(
+            "gone",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {wukong_operator::DELETE_DISKS: "true"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    c.delete("gone").await;
+    c.until("gone to go with its disks", T, |c| {
+        c.wukong("gone").is_none() && c.pvc("gone-data").is_none() && c.pvc("gone-system").is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_operation_converges_after_restart() {
+    let mut c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    let boot = c.vmi("w").unwrap()["metadata"]["uid"].clone();
+    c.patch_spec(
+        "w",
+        json!({"cpu": 3, "memory": "3Gi",
+               "disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "25Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}}]}),
+    )
+    .await;
+    c.until("the first step done", T, |c| {
+        c.wukong("w").is_some_and(|w| {
+            w["status"]["operation"]["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["state"] == "Done"))
+        })
+    })
+    .await;
+    c.kill_operator().await;
+    c.start_operator();
+    c.converged("w").await;
+    let vmi = c.vmi("w").unwrap();
+    assert_eq!(vmi["metadata"]["uid"], boot, "no restart");
+    assert_eq!(vmi["status"]["currentCPUTopology"]["sockets"], 3);
+    assert_eq!(vmi["status"]["memory"]["guestCurrent"], "3Gi");
+    assert_eq!(fs_total(&c, "w", "/data"), Some(25 << 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_watches_expire_the_operator_relists_and_keeps_reacting() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    // Every watch ends and its resource version is gone: clients get 410 and must re-list.
+    c.api.store.compact();
+    c.patch_spec("w", json!({"cpu": 3})).await;
+    c.converged("w").await;
+    assert_eq!(
+        c.vmi("w").unwrap()["status"]["currentCPUTopology"]["sockets"],
+        3
+    );
+}

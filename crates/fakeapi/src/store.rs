@@ -476,10 +476,11 @@ impl Store {
                 format!("{}.{} \"{name}\" already exists", kind.plural, kind.group),
             ));
         }
-        if kind.status && kind.kind == "Wukong" {
-            if let Some(o) = obj.as_object_mut() {
-                o.remove("status");
-            }
+        if kind.status
+            && kind.kind == "Wukong"
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
         }
         g.rv += 1;
         g.uid += 1;

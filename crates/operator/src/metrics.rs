@@ -164,3 +164,22 @@ pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Result<S
     });
     Ok(local)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_operations_steps_and_pending_restarts() {
+        let m = Metrics::new();
+        m.operation("succeeded");
+        m.step("addVcpus", "live", 0.3);
+        m.pending(&VmRef::new("ns", "a"), true);
+        m.pending(&VmRef::new("ns", "b"), true);
+        m.pending(&VmRef::new("ns", "a"), false);
+        let text = m.render();
+        assert!(text.contains(r#"wukong_operations_total{result="succeeded"} 1"#), "{text}");
+        assert!(text.contains(r#"wukong_step_duration_seconds_count{action="addVcpus",mode="live"} 1"#), "{text}");
+        assert!(text.contains("wukong_pending_restarts 1"), "{text}");
+    }
+}

@@ -1,0 +1,315 @@
+//! The fake API server refuses what a real one would, over real HTTP with the kube client.
+
+use futures_util::StreamExt;
+use kube::Client;
+use kube::core::DynamicObject;
+use kube::core::WatchEvent;
+use serde_json::{Value, json};
+use wukong_fakeapi::{FakeApi, Options};
+
+async fn start() -> (FakeApi, Client) {
+    let api = FakeApi::start(Options {
+        history: 100,
+        bookmark_every: std::time::Duration::from_millis(100),
+    })
+    .await
+    .unwrap();
+    let client = Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
+    (api, client)
+}
+
+const WUKONGS: &str = "/apis/vm.novasphere.dev/v1alpha1/namespaces/ns/wukongs";
+const VMS: &str = "/apis/kubevirt.io/v1/namespaces/ns/virtualmachines";
+const PVCS: &str = "/api/v1/namespaces/ns/persistentvolumeclaims";
+
+async fn call(
+    c: &Client,
+    method: &str,
+    url: &str,
+    ct: &str,
+    body: Value,
+) -> Result<Value, (u16, String)> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("Content-Type", ct)
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    match c.request_text(req).await {
+        Ok(t) => Ok(serde_json::from_str(&t).unwrap()),
+        Err(kube::Error::Api(s)) => Err((s.code, s.message)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn post(c: &Client, url: &str, body: Value) -> Result<Value, (u16, String)> {
+    call(c, "POST", url, "application/json", body).await
+}
+
+fn wukong(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "vm.novasphere.dev/v1alpha1", "kind": "Wukong", "metadata": {"name": name}, "spec": spec})
+}
+
+#[tokio::test]
+async fn the_crd_schema_and_cel_rules_are_enforced() {
+    let (_api, c) = start().await;
+    let (code, msg) = post(&c, WUKONGS, wukong("a", json!({"cpu": 8, "maxCpu": 4})))
+        .await
+        .unwrap_err();
+    assert_eq!(code, 422);
+    assert!(msg.contains("cpu must not exceed maxCpu"), "{msg}");
+    let (code, msg) = post(&c, WUKONGS, wukong("b", json!({"cpus": 2})))
+        .await
+        .unwrap_err();
+    assert_eq!(code, 422);
+    assert!(msg.contains("spec.cpus: unknown field"), "{msg}");
+    let created = post(
+        &c,
+        WUKONGS,
+        wukong(
+            "c",
+            json!({"cpu": 2, "disks": [{"name": "system", "size": "10Gi"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created["metadata"]["generation"], 1);
+    // A transition rule: a disk never shrinks.
+    let (code, msg) = call(
+        &c,
+        "PATCH",
+        &format!("{WUKONGS}/c"),
+        "application/merge-patch+json",
+        json!({"spec": {"disks": [{"name": "system", "size": "5Gi"}]}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 422, "{msg}");
+    // Strategic merge patches do not apply to custom resources.
+    let (code, _) = call(
+        &c,
+        "PATCH",
+        &format!("{WUKONGS}/c"),
+        "application/strategic-merge-patch+json",
+        json!({"spec": {"cpu": 3}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 415);
+}
+
+#[tokio::test]
+async fn resource_versions_status_and_generation_behave() {
+    let (_api, c) = start().await;
+    let w = post(&c, WUKONGS, wukong("w", json!({"cpu": 2})))
+        .await
+        .unwrap();
+    let mut stale = w.clone();
+    // A write moves the version on...
+    let mut upd = w.clone();
+    upd["spec"]["cpu"] = json!(3);
+    upd["status"] = json!({"phase": "Running"});
+    let after = call(&c, "PUT", &format!("{WUKONGS}/w"), "application/json", upd)
+        .await
+        .unwrap();
+    assert_eq!(
+        after["metadata"]["generation"], 2,
+        "a spec change bumps the generation"
+    );
+    assert!(
+        after.get("status").is_none(),
+        "the main resource does not write status"
+    );
+    // ...so a write from the old version conflicts.
+    stale["spec"]["cpu"] = json!(4);
+    let (code, _) = call(
+        &c,
+        "PUT",
+        &format!("{WUKONGS}/w"),
+        "application/json",
+        stale,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 409);
+    let st = call(
+        &c,
+        "PATCH",
+        &format!("{WUKONGS}/w/status"),
+        "application/merge-patch+json",
+        json!({"status": {"phase": "Running"}, "spec": {"cpu": 9}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st["status"]["phase"], "Running");
+    assert_eq!(
+        st["spec"]["cpu"], 3,
+        "the status subresource writes only status"
+    );
+    assert_eq!(st["metadata"]["generation"], 2);
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion() {
+    let (_api, c) = start().await;
+    let mut w = wukong("f", json!({"cpu": 1}));
+    w["metadata"]["finalizers"] = json!(["x/y"]);
+    post(&c, WUKONGS, w).await.unwrap();
+    let marked = call(
+        &c,
+        "DELETE",
+        &format!("{WUKONGS}/f"),
+        "application/json",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    let (code, _) = call(
+        &c,
+        "PATCH",
+        &format!("{WUKONGS}/f"),
+        "application/merge-patch+json",
+        json!({"metadata": {"finalizers": ["x/y", "x/z"]}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 422, "no new finalizers while deleting");
+    call(
+        &c,
+        "PATCH",
+        &format!("{WUKONGS}/f"),
+        "application/json-patch+json",
+        json!([{"op": "remove", "path": "/metadata/finalizers/0"}]),
+    )
+    .await
+    .unwrap();
+    let (code, _) = call(
+        &c,
+        "GET",
+        &format!("{WUKONGS}/f"),
+        "application/json",
+        json!(null),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 404, "gone once the last finalizer is");
+}
+
+#[tokio::test]
+async fn kubevirt_objects_follow_the_swagger_and_the_webhook() {
+    let (_api, c) = start().await;
+    let vm = |extra: Value| {
+        let mut v = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "v"},
+            "spec": {"runStrategy": "Halted", "template": {"spec": {"domain": {"cpu": {"sockets": 2, "maxSockets": 4},
+                "memory": {"guest": "1Gi"}, "devices": {}}}}}});
+        if let Value::Object(m) = extra {
+            for (k, x) in m {
+                v["spec"]["template"]["spec"]["domain"][k] = x;
+            }
+        }
+        v
+    };
+    let (code, msg) = post(&c, VMS, vm(json!({"cpu": {"sockets": 8, "maxSockets": 4}})))
+        .await
+        .unwrap_err();
+    assert_eq!(code, 422);
+    assert!(msg.contains("exceeds maxSockets"), "{msg}");
+    let (code, msg) = post(&c, VMS, vm(json!({"cpus": 2}))).await.unwrap_err();
+    assert_eq!(code, 422);
+    assert!(msg.contains("unknown field"), "{msg}");
+    post(&c, VMS, vm(json!({}))).await.unwrap();
+}
+
+#[tokio::test]
+async fn pvcs_only_grow_and_only_where_the_class_allows() {
+    let (_api, c) = start().await;
+    let pvc = |name: &str, class: &str| {
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": class, "resources": {"requests": {"storage": "10Gi"}}}})
+    };
+    post(&c, PVCS, pvc("a", "expandable")).await.unwrap();
+    post(&c, PVCS, pvc("b", "fixed")).await.unwrap();
+    let size = |s: &str| json!({"spec": {"resources": {"requests": {"storage": s}}}});
+    let merge = "application/merge-patch+json";
+    let (code, msg) = call(&c, "PATCH", &format!("{PVCS}/a"), merge, size("5Gi"))
+        .await
+        .unwrap_err();
+    assert_eq!(code, 422);
+    assert!(msg.contains("can not be less than"), "{msg}");
+    let (_, msg) = call(&c, "PATCH", &format!("{PVCS}/b"), merge, size("20Gi"))
+        .await
+        .unwrap_err();
+    assert!(msg.contains("must support resize"), "{msg}");
+    call(&c, "PATCH", &format!("{PVCS}/a"), merge, size("20Gi"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn watches_resume_bookmark_and_expire_with_410() {
+    let (api, c) = start().await;
+    let first = post(&c, WUKONGS, wukong("w1", json!({"cpu": 1})))
+        .await
+        .unwrap();
+    let rv = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    post(&c, WUKONGS, wukong("w2", json!({"cpu": 1})))
+        .await
+        .unwrap();
+    let watch = |rv: String| {
+        let req = http::Request::get(format!(
+            "{WUKONGS}?watch=true&resourceVersion={rv}&allowWatchBookmarks=true"
+        ))
+        .body(Vec::new())
+        .unwrap();
+        let c = c.clone();
+        async move {
+            c.request_events::<DynamicObject>(req)
+                .await
+                .unwrap()
+                .boxed()
+        }
+    };
+    // From w1's version: w2 is replayed, then a bookmark comes.
+    let mut events = watch(rv.clone()).await;
+    match events.next().await.unwrap().unwrap() {
+        WatchEvent::Added(o) => assert_eq!(o.metadata.name.as_deref(), Some("w2")),
+        e => panic!("{e:?}"),
+    }
+    assert!(matches!(
+        events.next().await.unwrap().unwrap(),
+        WatchEvent::Bookmark(_)
+    ));
+    // Once the history is compacted, the old version is gone: 410.
+    api.store.compact();
+    let mut events = watch(rv).await;
+    match events.next().await.unwrap().unwrap() {
+        WatchEvent::Error(e) => assert_eq!(e.code, 410),
+        e => panic!("{e:?}"),
+    }
+    // Lists page with limit/continue.
+    let page = call(
+        &c,
+        "GET",
+        &format!("{WUKONGS}?limit=1"),
+        "application/json",
+        json!(null),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    let token = page["metadata"]["continue"].as_str().unwrap();
+    let rest = call(
+        &c,
+        "GET",
+        &format!("{WUKONGS}?limit=1&continue={token}"),
+        "application/json",
+        json!(null),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rest["items"][0]["metadata"]["name"], "w2");
+}

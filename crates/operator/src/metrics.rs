@@ -178,8 +178,14 @@ mod tests {
         m.pending(&VmRef::new("ns", "b"), true);
         m.pending(&VmRef::new("ns", "a"), false);
         let text = m.render();
-        assert!(text.contains(r#"wukong_operations_total{result="succeeded"} 1"#), "{text}");
-        assert!(text.contains(r#"wukong_step_duration_seconds_count{action="addVcpus",mode="live"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"wukong_operations_total{result="succeeded"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"wukong_step_duration_seconds_count{action="addVcpus",mode="live"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("wukong_pending_restarts 1"), "{text}");
     }
 }

@@ -41,8 +41,25 @@ pub fn router(server: Arc<Server>) -> Router {
                 )
             }),
         )
+        .route("/fake/converged", axum::routing::get(converged))
         .fallback(handle)
         .with_state(server)
+}
+
+/// Not Kubernetes: how many Wukongs exist and how many are converged and running (for the
+/// benchmark, cheaper than listing them all).
+async fn converged(State(server): State<Arc<Server>>) -> Response {
+    let (items, _) = server
+        .store
+        .list(Kind::named("vm.novasphere.dev", "Wukong"), None);
+    let done = items
+        .iter()
+        .filter(|w| {
+            w["status"]["observedGeneration"] == w["metadata"]["generation"]
+                && w["status"]["phase"] == "Running"
+        })
+        .count();
+    json_response(200, &json!({"total": items.len(), "converged": done}))
 }
 
 /// Decodes a query string into pairs (repeated keys kept in order).

@@ -675,6 +675,11 @@ impl Store {
             if obj["metadata"].get("deletionTimestamp").is_none() {
                 obj["metadata"]["deletionTimestamp"] = json!(now());
                 obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                // Marking for deletion bumps the generation, as a real server does.
+                if kind.generation {
+                    let g = obj["metadata"]["generation"].as_i64().unwrap_or(1);
+                    obj["metadata"]["generation"] = json!(g + 1);
+                }
                 g.objects.insert(k, obj.clone());
                 self.record(&mut g, kind, "MODIFIED", obj.clone());
             } else {

@@ -89,6 +89,11 @@ impl Default for KubeTimeouts {
     }
 }
 
+type Seen = (Option<Value>, Option<Value>, Vec<Value>);
+
+/// How long the KubeVirt CR and StorageClasses are reused.
+const CLUSTER_TTL: Duration = Duration::from_secs(10);
+
 /// The backend for one cluster.
 pub struct KubevirtBackend {
     client: Client,
@@ -96,6 +101,9 @@ pub struct KubevirtBackend {
     /// filesystems, restart policy…).
     desired: Mutex<HashMap<VmRef, VmConfig>>,
     declarative: Mutex<HashMap<VmRef, bool>>,
+    /// The objects of each VM's last observation (VM, VMI, PVCs), for preflight.
+    seen: Mutex<HashMap<VmRef, Seen>>,
+    cluster: Mutex<Option<(Instant, (Option<Value>, Vec<Value>))>>,
     guest: Guest,
     timeouts: KubeTimeouts,
 }
@@ -114,6 +122,8 @@ impl KubevirtBackend {
             client,
             desired: Mutex::new(HashMap::new()),
             declarative: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            cluster: Mutex::new(None),
             timeouts,
         }
     }
@@ -130,6 +140,7 @@ impl KubevirtBackend {
     pub fn forget(&self, vm: &VmRef) {
         self.desired.lock().expect("desired").remove(vm);
         self.declarative.lock().expect("declarative").remove(vm);
+        self.seen.lock().expect("seen").remove(vm);
     }
 
     fn api(&self, ar: &ApiResource, ns: &str) -> Api<DynamicObject> {
@@ -149,17 +160,31 @@ impl KubevirtBackend {
             .map_err(|e| api_error(&format!("{} {ns}/{name}", ar.kind), e))
     }
 
-    async fn pvcs(&self, vm: &VmRef) -> Result<Vec<Value>, BackendError> {
-        let lp = ListParams::default().labels(&format!("{NAME_LABEL}={}", vm.name));
-        self.api(&pvc_resource(), &vm.namespace)
-            .list(&lp)
-            .await
-            .map(|l| l.items.into_iter().map(to_value).collect())
-            .map_err(|e| api_error("PVCs", e))
+    /// The PVCs the VM's template names (by GET: cheap on any API server).
+    async fn pvcs(&self, vm: &VmRef, object: &Value) -> Result<Vec<Value>, BackendError> {
+        let claims: Vec<&str> = object["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .collect();
+        let mut out = Vec::new();
+        for c in claims {
+            if let Some(p) = self.get(&pvc_resource(), &vm.namespace, c).await? {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
-    /// What preflight reads, for `vm`.
-    pub async fn facts(&self, vm: &VmRef) -> Result<ClusterFacts, BackendError> {
+    /// The KubeVirt CR and the StorageClasses, cached for a few seconds (cluster-wide, and
+    /// read by every reconcile).
+    async fn cluster(&self) -> Result<(Option<Value>, Vec<Value>), BackendError> {
+        if let Some((at, c)) = self.cluster.lock().expect("cluster").as_ref()
+            && at.elapsed() < CLUSTER_TTL
+        {
+            return Ok(c.clone());
+        }
         let kubevirts: Api<DynamicObject> =
             Api::all_with(self.client.clone(), &kubevirt_resource());
         let classes: Api<DynamicObject> =
@@ -173,7 +198,7 @@ impl KubevirtBackend {
             .into_iter()
             .next()
             .map(to_value);
-        let storage_classes = classes
+        let storage_classes: Vec<Value> = classes
             .list(&lp)
             .await
             .map_err(|e| api_error("StorageClasses", e))?
@@ -181,12 +206,36 @@ impl KubevirtBackend {
             .into_iter()
             .map(to_value)
             .collect();
+        let c = (kubevirt, storage_classes);
+        *self.cluster.lock().expect("cluster") = Some((Instant::now(), c.clone()));
+        Ok(c)
+    }
+
+    /// What preflight reads, for `vm`: the objects of its last observation when there is one.
+    pub async fn facts(&self, vm: &VmRef) -> Result<ClusterFacts, BackendError> {
+        let (kubevirt, storage_classes) = self.cluster().await?;
+        let seen = self.seen.lock().expect("seen").get(vm).cloned();
+        let (object, vmi, pvcs) = match seen {
+            Some(s) => s,
+            None => {
+                let object = self.get(&vm_resource(), &vm.namespace, &vm.name).await?;
+                let pvcs = match &object {
+                    Some(o) => self.pvcs(vm, o).await?,
+                    None => Vec::new(),
+                };
+                (
+                    object,
+                    self.get(&vmi_resource(), &vm.namespace, &vm.name).await?,
+                    pvcs,
+                )
+            }
+        };
         Ok(ClusterFacts {
             kubevirt,
-            vm: self.get(&vm_resource(), &vm.namespace, &vm.name).await?,
-            vmi: self.get(&vmi_resource(), &vm.namespace, &vm.name).await?,
+            vm: object,
+            vmi,
             storage_classes,
-            pvcs: self.pvcs(vm).await?,
+            pvcs,
         })
     }
 
@@ -525,7 +574,11 @@ impl Backend for KubevirtBackend {
             .await?
             .ok_or_else(|| BackendError::NotFound(vm.to_string()))?;
         let vmi = self.get(&vmi_resource(), &vm.namespace, &vm.name).await?;
-        let pvcs = self.pvcs(vm).await?;
+        let pvcs = self.pvcs(vm, &object).await?;
+        self.seen.lock().expect("seen").insert(
+            vm.clone(),
+            (Some(object.clone()), vmi.clone(), pvcs.clone()),
+        );
         let desired = self
             .desired
             .lock()

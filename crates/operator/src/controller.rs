@@ -14,8 +14,11 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizing, finalizer};
+use kube::runtime::reflector;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{
+    Config as ControllerConfig, Predicate, PredicateConfig, WatchStreamExt, predicates, watcher,
+};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -36,6 +39,8 @@ use crate::metrics::Metrics;
 pub const FINALIZER: &str = "vm.novasphere.dev/cleanup";
 /// Annotation: `"true"` deletes the disks (PVCs) with the Wukong; they are kept otherwise.
 pub const DELETE_DISKS: &str = "vm.novasphere.dev/delete-disks";
+/// Reconciles running at once (each mostly waits on the API server or the guest).
+const CONCURRENCY: u16 = 64;
 const MANAGED: &str = "app.kubernetes.io/managed-by=wukong";
 
 /// Operator settings.
@@ -550,7 +555,22 @@ pub async fn run(
         failures: Mutex::new(HashMap::new()),
     });
     let wc = watcher::Config::default();
-    let controller = Controller::new(wukongs, wc.clone())
+    // Only what the user changes starts a reconcile (spec → generation, deletion, finalizers,
+    // annotations), not the operator's own status writes; the VM, VMI and PVC watches and
+    // the periodic resync cover the rest.
+    let (reader, writer) = reflector::store::<Wukong>();
+    let trigger = watcher(wukongs, wc.clone())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::finalizers)
+                .combine(predicates::annotations),
+            PredicateConfig::default(),
+        );
+    let controller = Controller::for_stream(trigger, reader)
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
         .owns_with(vms, vm_ar, wc.clone().labels(MANAGED))
         .watches_with(vmis, vmi_ar, wc.clone().labels(NAME_LABEL), by_label)
         .watches_with(pvcs, pvc_ar, wc.labels(MANAGED), by_label)

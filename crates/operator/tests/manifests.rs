@@ -17,7 +17,6 @@ fn docs(file: &str) -> Vec<Value> {
         .collect()
 }
 
-
 #[test]
 fn kustomization_lists_every_manifest() {
     let k = &docs("kustomization.yaml")[0];

@@ -67,8 +67,18 @@ pub struct RuleViolation {
 /// transition rules), as an API server would on create/update. Rules that cannot be evaluated
 /// count as violations (fail closed).
 pub fn check_cel(object: &Value, old: Option<&Value>) -> Vec<RuleViolation> {
-    let validator = kube::core::cel::Validator::new();
-    let Err(errors) = validator.validate(&schema(), object, old) else {
+    // The schema's rules are compiled once per process.
+    static COMPILED: std::sync::OnceLock<(
+        kube::core::cel::Validator,
+        kube::core::cel::CompiledSchema,
+    )> = std::sync::OnceLock::new();
+    let (validator, compiled) = COMPILED.get_or_init(|| {
+        (
+            kube::core::cel::Validator::new(),
+            kube::core::cel::compile_schema(&schema()),
+        )
+    });
+    let Err(errors) = validator.validate_compiled(compiled, object, old) else {
         return Vec::new();
     };
     errors

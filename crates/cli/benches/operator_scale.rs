@@ -71,6 +71,24 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds a process has used (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of /proc/PID/stat; 100 ticks per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn main() {
     let n: usize = std::env::var("WUKONG_BENCH_VMS")
         .ok()
@@ -85,6 +103,7 @@ fn main() {
     BufReader::new(api.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let api_pid = api.id();
     let _api = Killed(api);
     let base = line.trim().to_string();
     let wukongs = format!("{base}/apis/vm.novasphere.dev/v1alpha1/namespaces/{NS}/wukongs");
@@ -135,6 +154,13 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let all = start.elapsed();
+    let stats = http(
+        &format!("{base}/fake/converged"),
+        "GET",
+        "application/json",
+        None,
+    );
+    let (op_cpu, api_cpu) = (cpu_seconds(pid), cpu_seconds(api_pid));
 
     // One change among them.
     let one = format!("{wukongs}/vm-{:05}", n / 2);
@@ -174,5 +200,9 @@ fn main() {
     println!(
         "  operator peak RSS        : {:>8.0} MB  (target < 300 MB)",
         rss
+    );
+    println!(
+        "  to converge all: {} API requests; CPU: operator {op_cpu:.1} s, API server {api_cpu:.1} s",
+        stats["requests"]
     );
 }

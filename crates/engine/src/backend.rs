@@ -42,6 +42,10 @@ pub enum BackendError {
     /// The VM, its monitor or its guest agent cannot be reached.
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The platform is still bringing the VM to the state it was last asked for (a cluster
+    /// starting it): nothing to plan yet; try again when it reports progress.
+    #[error("settling: {0}")]
+    Settling(String),
     /// A wait ran past its deadline.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout {

@@ -369,7 +369,17 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
         apply(&mut expected, &step.action);
         let mut pause = Duration::from_millis(10);
         loop {
-            let after = self.backend.observe(vm).await.map_err(|e| e.to_string())?;
+            let after = match self.backend.observe(vm).await {
+                Ok(a) => a,
+                // Still on its way: the same as a guest that has not caught up yet.
+                Err(BackendError::Settling(why)) if Instant::now() < deadline => {
+                    let _ = why;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             let check = match step.mode {
                 Mode::Offline => same_definition(&expected.config, &after.config),
                 _ => match (&before.guest, &after.guest, &step.action) {

@@ -24,6 +24,8 @@ pub struct Server {
     pub sim: Arc<Sim>,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_every: Duration,
+    /// Requests served (for the benchmark).
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 /// The router.
@@ -49,17 +51,17 @@ pub fn router(server: Arc<Server>) -> Router {
 /// Not Kubernetes: how many Wukongs exist and how many are converged and running (for the
 /// benchmark, cheaper than listing them all).
 async fn converged(State(server): State<Arc<Server>>) -> Response {
-    let (items, _) = server
+    let (total, done) = server
         .store
-        .list(Kind::named("vm.novasphere.dev", "Wukong"), None);
-    let done = items
-        .iter()
-        .filter(|w| {
+        .tally(Kind::named("vm.novasphere.dev", "Wukong"), |w| {
             w["status"]["observedGeneration"] == w["metadata"]["generation"]
                 && w["status"]["phase"] == "Running"
-        })
-        .count();
-    json_response(200, &json!({"total": items.len(), "converged": done}))
+        });
+    json_response(
+        200,
+        &json!({"total": total, "converged": done,
+                "requests": server.requests.load(std::sync::atomic::Ordering::Relaxed)}),
+    )
 }
 
 /// Decodes a query string into pairs (repeated keys kept in order).
@@ -316,6 +318,7 @@ fn watch(
                         kind,
                         kind_of_change: "ADDED",
                         object: o,
+                        line: Default::default(),
                     })
                 })
                 .collect())
@@ -339,7 +342,11 @@ fn watch(
                     last = last.max(c.rv);
                     if wanted(&c, &q)
                         && tx
-                            .send(event_line(c.kind_of_change, &c.object))
+                            .send(
+                                c.line
+                                    .get_or_init(|| event_line(c.kind_of_change, &c.object))
+                                    .clone(),
+                            )
                             .await
                             .is_err()
                     {
@@ -357,7 +364,7 @@ fn watch(
                 c = live.recv() => match c {
                     Ok(c) if c.rv > last => {
                         last = c.rv;
-                        if wanted(&c, &q) && tx.send(event_line(c.kind_of_change, &c.object)).await.is_err() {
+                        if wanted(&c, &q) && tx.send(c.line.get_or_init(|| event_line(c.kind_of_change, &c.object)).clone()).await.is_err() {
                             return;
                         }
                     }
@@ -463,6 +470,9 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    server
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let q = query_pairs(uri.query().unwrap_or_default());
     let target = match parse(uri.path()) {
         Ok(t) => t,

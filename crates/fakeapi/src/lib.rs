@@ -62,6 +62,7 @@ impl FakeApi {
             store: store.clone(),
             sim: sim.clone(),
             bookmark_every: opts.bookmark_every,
+            requests: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;

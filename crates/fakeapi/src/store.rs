@@ -199,6 +199,8 @@ pub struct Change {
     pub kind_of_change: &'static str,
     /// The object after the change (before, for DELETED).
     pub object: Value,
+    /// The watch line, serialized once for every watcher.
+    pub line: std::sync::OnceLock<axum::body::Bytes>,
 }
 
 type Key = (&'static str, &'static str, String, String);
@@ -390,12 +392,26 @@ impl Store {
         (items, g.rv)
     }
 
+    /// How many objects of `kind` there are, and how many satisfy `f` (without copying any).
+    pub fn tally(&self, kind: &'static Kind, f: impl Fn(&Value) -> bool) -> (usize, usize) {
+        let g = self.inner.lock().expect("store");
+        let mut n = (0, 0);
+        for ((gr, pl, _, _), v) in &g.objects {
+            if *gr == kind.group && *pl == kind.plural {
+                n.0 += 1;
+                n.1 += usize::from(f(v));
+            }
+        }
+        n
+    }
+
     fn record(&self, g: &mut Inner, kind: &'static Kind, what: &'static str, object: Value) {
         let change = Arc::new(Change {
             rv: g.rv,
             kind,
             kind_of_change: what,
             object,
+            line: Default::default(),
         });
         g.history.push_back(change.clone());
         while g.history.len() > self.history_limit {

@@ -136,6 +136,11 @@ impl KubevirtBackend {
             .insert(vm.clone(), config);
     }
 
+    /// Drops what the last operation observed of `vm` (kept only while one runs).
+    pub fn settle(&self, vm: &VmRef) {
+        self.seen.lock().expect("seen").remove(vm);
+    }
+
     /// Forgets `vm` (after deletion).
     pub fn forget(&self, vm: &VmRef) {
         self.desired.lock().expect("desired").remove(vm);
@@ -590,6 +595,16 @@ impl Backend for KubevirtBackend {
         let running = vmi
             .as_ref()
             .is_some_and(|v| v["status"]["phase"] == "Running");
+        let starts =
+            |r: RunStrategy| matches!(r, RunStrategy::Always | RunStrategy::RerunOnFailure);
+        if !running && starts(config.run_strategy) && starts(desired.run_strategy) {
+            return Err(BackendError::Settling(format!(
+                "KubeVirt is starting the VM ({})",
+                object["status"]["printableStatus"]
+                    .as_str()
+                    .unwrap_or("no status yet")
+            )));
+        }
         // What is in effect is what the running instance reports, not what the template asks.
         if let Some(v) = vmi.as_ref().filter(|_| running) {
             if let Some(s) = v["status"]["currentCPUTopology"]["sockets"].as_u64() {

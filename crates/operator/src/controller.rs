@@ -27,7 +27,9 @@ use wukong_api::{
     resolve_new,
 };
 use wukong_engine::status::{apply_event, observe_into, report_into, set_condition};
-use wukong_engine::{Desired, Engine, EngineError, Event, EventSink, Journal, Timeouts, VmRef};
+use wukong_engine::{
+    BackendError, Desired, Engine, EngineError, Event, EventSink, Journal, Timeouts, VmRef,
+};
 use wukong_kubevirt::render::{NAME_LABEL, render};
 
 use crate::backend::{
@@ -91,12 +93,23 @@ pub enum Error {
 pub struct Context {
     client: Client,
     backend: KubevirtBackend,
-    recorder: Recorder,
+    reporter: Reporter,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     opts: Options,
     ops: AtomicU64,
     failures: Mutex<HashMap<VmRef, u32>>,
+    /// The resourceVersion of each Wukong's last status write.
+    written: Mutex<HashMap<VmRef, String>>,
+}
+
+impl Context {
+    /// An Event recorder for one reconcile. kube's recorder keeps every event it published
+    /// (to count repeats) and walks that cache on each publish: one per reconcile keeps both
+    /// small with thousands of VMs.
+    fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+    }
 }
 
 /// The desired configuration of a Wukong on a cluster: creation defaults resolved, the
@@ -198,28 +211,56 @@ fn kube_event(event: &Event) -> Option<KubeEvent> {
     })
 }
 
-async fn write_status(
-    api: &Api<Wukong>,
-    name: &str,
-    status: &WukongStatus,
-) -> Result<(), kube::Error> {
-    let patch = json!([{"op": "add", "path": "/status", "value": status}]);
-    let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid patch");
-    api.patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
-        .map(|_| ())
+impl Context {
+    /// Writes `status` of `vm` whole, and remembers the version it made.
+    async fn write_status(
+        &self,
+        api: &Api<Wukong>,
+        vm: &VmRef,
+        status: &WukongStatus,
+    ) -> Result<(), kube::Error> {
+        let patch = json!([{"op": "add", "path": "/status", "value": status}]);
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid patch");
+        let written = api
+            .patch_status(&vm.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await?;
+        if let Some(rv) = written.resource_version() {
+            self.written.lock().expect("written").insert(vm.clone(), rv);
+        }
+        Ok(())
+    }
+
+    /// `w` if it is the version this operator last wrote (or it never wrote one); the stored
+    /// object otherwise: the cache may lag behind the operator's own status write, and the
+    /// pinned ceilings and boot disk live in status.
+    async fn current(
+        &self,
+        api: &Api<Wukong>,
+        vm: &VmRef,
+        w: Arc<Wukong>,
+    ) -> Result<Option<Arc<Wukong>>, kube::Error> {
+        let fresh = match self.written.lock().expect("written").get(vm) {
+            None => true,
+            Some(rv) => w.resource_version().as_ref() == Some(rv),
+        };
+        if fresh {
+            return Ok(Some(w));
+        }
+        Ok(api.get_opt(&vm.name).await?.map(Arc::new))
+    }
 }
 
 /// Applies events to `status` and writes it (coalescing bursts), until the engine is done.
 async fn status_writer(
+    ctx: Arc<Context>,
     api: Api<Wukong>,
-    name: String,
+    vm: VmRef,
     mut status: WukongStatus,
     mut rx: mpsc::UnboundedReceiver<Event>,
-    recorder: Recorder,
     reference: k8s_openapi::api::core::v1::ObjectReference,
-    metrics: Arc<Metrics>,
 ) -> WukongStatus {
+    let recorder = ctx.recorder();
+    let metrics = &ctx.metrics;
     let mut last_step: Option<(String, String)> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -243,8 +284,8 @@ async fn status_writer(
                 let _ = recorder.publish(&k, &reference).await;
             }
         }
-        if let Err(e) = write_status(&api, &name, &status).await {
-            tracing::warn!(%name, error = %e, "progress not written to status");
+        if let Err(e) = ctx.write_status(&api, &vm, &status).await {
+            tracing::warn!(%vm, error = %e, "progress not written to status");
         }
     }
     status
@@ -261,14 +302,58 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     (base * (1 << failures.saturating_sub(1).min(8))).min(Duration::from_secs(300))
 }
 
+/// Creates the VM and its disks and records the pinned values.
+async fn created(
+    ctx: &Context,
+    api: &Api<Wukong>,
+    w: &Wukong,
+    vm: &VmRef,
+    config: &VmConfig,
+    pinned: &Pinned,
+    mut status: WukongStatus,
+) -> Result<Action, Error> {
+    let generation = w.metadata.generation.unwrap_or(1);
+    let name = &vm.name;
+    let reference = w.object_ref(&());
+    create(ctx, w, config).await?;
+    status.max_cpu = Some(pinned.max_cpu);
+    status.max_memory = Some(wukong_api::Quantity::from_bytes(pinned.max_memory));
+    status.boot_disk = pinned.boot_disk.clone();
+    status.phase = Some(wukong_api::Phase::Pending);
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        false,
+        "Creating",
+        "the VirtualMachine and its disks were created",
+        Some(generation),
+    );
+    ctx.write_status(api, vm, &status).await?;
+    let _ = ctx
+        .recorder()
+        .publish(
+            &KubeEvent {
+                type_: EventType::Normal,
+                reason: "Created".into(),
+                note: Some(format!(
+                    "VirtualMachine {name} and {} PVC(s)",
+                    config.disks.len()
+                )),
+                action: "Create".into(),
+                secondary: None,
+            },
+            &reference,
+        )
+        .await;
+    return Ok(Action::requeue(Duration::from_secs(10)));
+}
+
 async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = w.namespace().unwrap_or_default();
     let name = w.name_any();
     let vm = VmRef::new(&ns, &name);
     let api: Api<Wukong> = Api::namespaced(ctx.client.clone(), &ns);
-    // The cache may lag our own last status write (the pinned ceilings and boot disk live
-    // there): work from the object as stored.
-    let Some(w) = api.get_opt(&name).await? else {
+    let Some(w) = ctx.current(&api, &vm, w).await? else {
         return Ok(Action::await_change());
     };
     let generation = w.metadata.generation.unwrap_or(1);
@@ -287,62 +372,30 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
                 Some(generation),
             );
             if status != before {
-                write_status(&api, &name, &status).await?;
+                ctx.write_status(&api, &vm, &status).await?;
             }
             return Ok(Action::await_change());
         }
     };
     ctx.backend.set_desired(&vm, config.clone());
-    let vms: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &vm_resource());
-    if vms.get_opt(&name).await?.is_none() {
-        create(&ctx, &w, &config).await?;
-        status.max_cpu = Some(pinned.max_cpu);
-        status.max_memory = Some(wukong_api::Quantity::from_bytes(pinned.max_memory));
-        status.boot_disk = pinned.boot_disk.clone();
-        status.phase = Some(wukong_api::Phase::Pending);
-        set_condition(
-            &mut status.conditions,
-            "Ready",
-            false,
-            "Creating",
-            "the VirtualMachine and its disks were created",
-            Some(generation),
-        );
-        write_status(&api, &name, &status).await?;
-        let _ = ctx
-            .recorder
-            .publish(
-                &KubeEvent {
-                    type_: EventType::Normal,
-                    reason: "Created".into(),
-                    note: Some(format!(
-                        "VirtualMachine {name} and {} PVC(s)",
-                        config.disks.len()
-                    )),
-                    action: "Create".into(),
-                    secondary: None,
-                },
-                &reference,
-            )
-            .await;
-        return Ok(Action::requeue(Duration::from_secs(10)));
-    }
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(status_writer(
+        ctx.clone(),
         api.clone(),
-        name.clone(),
+        vm.clone(),
         status.clone(),
         rx,
-        ctx.recorder.clone(),
         reference,
-        ctx.metrics.clone(),
     ));
     let sink = StatusSink { tx };
     let op = format!(
         "{generation}-{}",
         ctx.ops.fetch_add(1, Ordering::SeqCst) + 1
     );
-    let (_desired_tx, mut desired_rx) = watch::channel(Desired { generation, config });
+    let (_desired_tx, mut desired_rx) = watch::channel(Desired {
+        generation,
+        config: config.clone(),
+    });
     let engine = Engine {
         backend: &ctx.backend,
         journal: &sink,
@@ -352,6 +405,7 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         },
     };
     let outcome = engine.converge(&vm, &op, &mut desired_rx).await;
+    ctx.backend.settle(&vm);
     drop(sink);
     let mut status = writer.await.unwrap_or(status);
     let action = match outcome {
@@ -382,6 +436,25 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
                 Action::requeue(backoff(ctx.opts.backoff, *n))
             }
         }
+        Err(EngineError::Backend(BackendError::NotFound(what))) if what == vm.to_string() => {
+            return created(&ctx, &api, &w, &vm, &config, &pinned, status).await;
+        }
+        Err(EngineError::Backend(BackendError::Settling(why))) => {
+            status.phase = Some(wukong_api::Phase::Starting);
+            set_condition(
+                &mut status.conditions,
+                "Ready",
+                false,
+                "Starting",
+                &why,
+                Some(generation),
+            );
+            if status != before {
+                ctx.write_status(&api, &vm, &status).await?;
+            }
+            // The VMI's events bring the next reconcile; this is the fallback.
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
         Err(EngineError::Plan(e)) => {
             set_condition(
                 &mut status.conditions,
@@ -403,13 +476,13 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
                 Some(generation),
             );
             if status != before {
-                write_status(&api, &name, &status).await?;
+                ctx.write_status(&api, &vm, &status).await?;
             }
             return Err(Error::Engine(e.to_string()));
         }
     };
     if status != before {
-        write_status(&api, &name, &status).await?;
+        ctx.write_status(&api, &vm, &status).await?;
     }
     Ok(action)
 }
@@ -466,7 +539,7 @@ async fn cleanup(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         format!("VM and {n} disk(s) deleted")
     };
     let _ = ctx
-        .recorder
+        .recorder()
         .publish(
             &KubeEvent {
                 type_: EventType::Normal,
@@ -479,6 +552,8 @@ async fn cleanup(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         )
         .await;
     ctx.backend.forget(&vm);
+    ctx.written.lock().expect("written").remove(&vm);
+    ctx.failures.lock().expect("failures").remove(&vm);
     ctx.metrics.pending(&vm, false);
     Ok(Action::await_change())
 }
@@ -541,18 +616,16 @@ pub async fn run(
     let (vms, vmis, pvcs) = (dynamic(&vm_ar), dynamic(&vmi_ar), dynamic(&pvc_ar));
     let ctx = Arc::new(Context {
         backend: KubevirtBackend::new(client.clone(), opts.kube),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "wukong-operator".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        reporter: Reporter {
+            controller: "wukong-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
         client,
         metrics: metrics.clone(),
         opts,
         ops: AtomicU64::new(0),
         failures: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
     });
     let wc = watcher::Config::default();
     // Only what the user changes starts a reconcile (spec → generation, deletion, finalizers,

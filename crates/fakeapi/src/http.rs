@@ -395,6 +395,15 @@ fn watch(
         .expect("a valid response")
 }
 
+/// The object itself or its `/status`; any other subresource is not served.
+fn which(kind: &Kind, sub: Option<&str>) -> Result<Sub, ApiError> {
+    match sub {
+        None => Ok(Sub::Main),
+        Some("status") if kind.status => Ok(Sub::Status),
+        Some(s) => Err(not_found(s)),
+    }
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(400, "BadRequest", format!("the body is not JSON: {e}")))
@@ -521,11 +530,7 @@ async fn handle(
             },
         ) => {
             store.count(kind.plural, "update");
-            let sub = match sub.as_deref() {
-                None => Ok(Sub::Main),
-                Some("status") if kind.status => Ok(Sub::Status),
-                Some(s) => Err(not_found(s)),
-            };
+            let sub = which(kind, sub.as_deref());
             sub.and_then(|sub| {
                 let obj = parse_body(&body)?;
                 store.update(kind, &ns, &name, obj, sub)
@@ -541,11 +546,7 @@ async fn handle(
             },
         ) => {
             store.count(kind.plural, "patch");
-            let sub = match sub.as_deref() {
-                None => Ok(Sub::Main),
-                Some("status") if kind.status => Ok(Sub::Status),
-                Some(s) => Err(not_found(s)),
-            };
+            let sub = which(kind, sub.as_deref());
             sub.and_then(|sub| {
                 let current = store.get(kind, &ns, &name).ok_or_else(|| {
                     ApiError::new(

@@ -661,15 +661,7 @@ impl Store {
         if result["metadata"].get("deletionTimestamp").is_some()
             && strings(&result["metadata"]["finalizers"]).is_empty()
         {
-            g.objects.remove(&k);
-            self.record(&mut g, kind, "DELETED", result.clone());
-            let uid = result["metadata"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            drop(g);
-            self.collect_garbage(&uid);
-            return Ok(result);
+            return Ok(self.remove(g, kind, &k, result));
         }
         g.objects.insert(k, result.clone());
         self.record(&mut g, kind, "MODIFIED", result.clone());
@@ -703,15 +695,24 @@ impl Store {
             }
             return Ok(obj);
         }
-        g.objects.remove(&k);
+        Ok(self.remove(g, kind, &k, obj))
+    }
+
+    /// Removes the object at `k` for good, then what it owned.
+    fn remove(
+        &self,
+        mut g: std::sync::MutexGuard<'_, Inner>,
+        kind: &'static Kind,
+        k: &Key,
+        obj: Value,
+    ) -> Value {
+        g.objects.remove(k);
         self.record(&mut g, kind, "DELETED", obj.clone());
-        let uid = obj["metadata"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
         drop(g);
-        self.collect_garbage(&uid);
-        Ok(obj)
+        if let Some(uid) = obj["metadata"]["uid"].as_str() {
+            self.collect_garbage(uid);
+        }
+        obj
     }
 
     /// Deletes what `uid` owned (the garbage collector's background cascade).

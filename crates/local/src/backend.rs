@@ -863,35 +863,15 @@ async fn grow_filesystem(
         return Ok(());
     }
     if let Some(part) = &g.partition {
-        let number: String = part
-            .chars()
-            .rev()
-            .take_while(char::is_ascii_digit)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        // Move the end of the last partition to the end of the disk (GPT: the backup header
-        // first), then tell the kernel the new size of the mounted partition.
-        let _ = q
-            .exec(&["sfdisk", "--relocate", "gpt-bak-std", dev], None, t)
-            .await?;
-        q.exec_ok(
-            &[
-                "sfdisk",
-                "--no-reread",
-                "--no-tell-kernel",
-                "-q",
-                "-N",
-                &number,
-                dev,
-            ],
-            Some(b", +\n"),
-            t,
-        )
-        .await?;
-        q.exec_ok(&["partx", "-u", "--nr", &number, dev], None, t)
-            .await?;
+        let number = wukong_planner::guest::partition_number(part);
+        for c in wukong_planner::guest::grow_partition(dev, &number) {
+            let argv: Vec<&str> = c.argv.iter().map(String::as_str).collect();
+            if c.checked {
+                q.exec_ok(&argv, c.stdin, t).await?;
+            } else {
+                let _ = q.exec(&argv, c.stdin, t).await?;
+            }
+        }
     }
     match fs_type {
         "ext2" | "ext3" | "ext4" => {

@@ -90,6 +90,8 @@ impl Default for KubeTimeouts {
 }
 
 type Seen = (Option<Value>, Option<Value>, Vec<Value>);
+/// The KubeVirt CR and the StorageClasses.
+type ClusterWide = (Option<Value>, Vec<Value>);
 
 /// How long the KubeVirt CR and StorageClasses are reused.
 const CLUSTER_TTL: Duration = Duration::from_secs(10);
@@ -103,7 +105,7 @@ pub struct KubevirtBackend {
     declarative: Mutex<HashMap<VmRef, bool>>,
     /// The objects of each VM's last observation (VM, VMI, PVCs), for preflight.
     seen: Mutex<HashMap<VmRef, Seen>>,
-    cluster: Mutex<Option<(Instant, (Option<Value>, Vec<Value>))>>,
+    cluster: Mutex<Option<(Instant, ClusterWide)>>,
     guest: Guest,
     timeouts: KubeTimeouts,
 }
@@ -184,7 +186,7 @@ impl KubevirtBackend {
 
     /// The KubeVirt CR and the StorageClasses, cached for a few seconds (cluster-wide, and
     /// read by every reconcile).
-    async fn cluster(&self) -> Result<(Option<Value>, Vec<Value>), BackendError> {
+    async fn cluster(&self) -> Result<ClusterWide, BackendError> {
         if let Some((at, c)) = self.cluster.lock().expect("cluster").as_ref()
             && at.elapsed() < CLUSTER_TTL
         {
@@ -335,6 +337,29 @@ impl KubevirtBackend {
                 what: other.describe(),
             }),
         }
+    }
+
+    /// Makes the cluster edits of `plan` against the VM as it is now.
+    async fn carry_out(
+        &self,
+        vm: &VmRef,
+        plan: &Plan,
+        desired: &VmConfig,
+    ) -> Result<(), BackendError> {
+        let object = self
+            .get(&vm_resource(), &vm.namespace, &vm.name)
+            .await?
+            .ok_or_else(|| BackendError::NotFound(vm.to_string()))?;
+        let declarative = *self
+            .declarative
+            .lock()
+            .expect("declarative")
+            .get(vm)
+            .unwrap_or(&true);
+        for e in edits(&vm.name, &vm.namespace, plan, desired, &object, declarative) {
+            self.edit(vm, &e, desired).await?;
+        }
+        Ok(())
     }
 
     /// Waits until the PVC of `disk` has at least `to` bytes, or reports why it cannot.
@@ -660,30 +685,11 @@ impl Backend for KubevirtBackend {
         desired: &VmConfig,
         progress: &dyn StepProgress,
     ) -> Result<(), BackendError> {
-        let object = self
-            .get(&vm_resource(), &vm.namespace, &vm.name)
-            .await?
-            .ok_or_else(|| BackendError::NotFound(vm.to_string()))?;
-        let declarative = *self
-            .declarative
-            .lock()
-            .expect("declarative")
-            .get(vm)
-            .unwrap_or(&true);
         let plan = Plan {
             steps: vec![step.clone()],
             restart: None,
         };
-        for e in edits(
-            &vm.name,
-            &vm.namespace,
-            &plan,
-            desired,
-            &object,
-            declarative,
-        ) {
-            self.edit(vm, &e, desired).await?;
-        }
+        self.carry_out(vm, &plan, desired).await?;
         if let Action::GrowDisk { disk, to, .. } = &step.action {
             self.await_capacity(vm, disk, *to, progress).await?;
         }
@@ -722,10 +728,6 @@ impl Backend for KubevirtBackend {
         desired: &VmConfig,
         steps: &[Step],
     ) -> Result<(), BackendError> {
-        let object = self
-            .get(&vm_resource(), &vm.namespace, &vm.name)
-            .await?
-            .ok_or_else(|| BackendError::NotFound(vm.to_string()))?;
         let old = self
             .get(&vmi_resource(), &vm.namespace, &vm.name)
             .await?
@@ -739,22 +741,7 @@ impl Backend for KubevirtBackend {
                 next_window: None,
             }),
         };
-        let declarative = *self
-            .declarative
-            .lock()
-            .expect("declarative")
-            .get(vm)
-            .unwrap_or(&true);
-        for e in edits(
-            &vm.name,
-            &vm.namespace,
-            &plan,
-            desired,
-            &object,
-            declarative,
-        ) {
-            self.edit(vm, &e, desired).await?;
-        }
+        self.carry_out(vm, &plan, desired).await?;
         self.await_new_vmi(vm, old).await
     }
 }

@@ -345,7 +345,7 @@ async fn created(
             &reference,
         )
         .await;
-    return Ok(Action::requeue(Duration::from_secs(10)));
+    Ok(Action::requeue(Duration::from_secs(10)))
 }
 
 async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {

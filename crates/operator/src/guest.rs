@@ -211,26 +211,15 @@ impl Guest {
             .ok_or_else(|| failed("the disk's filesystem is not mounted in the guest"))?;
         let target = match &disk.partition {
             Some(part) => {
-                let number: String = part.chars().skip_while(|c| !c.is_ascii_digit()).collect();
-                let _ = self
-                    .run(vm, &["sfdisk", "--relocate", "gpt-bak-std", &dev], None)
-                    .await?;
-                self.run_ok(
-                    vm,
-                    &[
-                        "sfdisk",
-                        "--no-reread",
-                        "--no-tell-kernel",
-                        "-q",
-                        "-N",
-                        &number,
-                        &dev,
-                    ],
-                    Some(b", +\n"),
-                )
-                .await?;
-                self.run_ok(vm, &["partx", "-u", "--nr", &number, &dev], None)
-                    .await?;
+                let number = wukong_planner::guest::partition_number(part);
+                for c in wukong_planner::guest::grow_partition(&dev, &number) {
+                    let argv: Vec<&str> = c.argv.iter().map(String::as_str).collect();
+                    if c.checked {
+                        self.run_ok(vm, &argv, c.stdin).await?;
+                    } else {
+                        let _ = self.run(vm, &argv, c.stdin).await?;
+                    }
+                }
                 format!("/dev/{part}")
             }
             None => dev,

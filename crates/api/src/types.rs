@@ -654,8 +654,9 @@ pub struct GuestFilesystem {
     pub mount_path: String,
     /// Total size.
     pub size: Quantity,
-    /// Used bytes.
-    pub used: Quantity,
+    /// Used bytes, when the guest reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<Quantity>,
 }
 
 /// A NIC as the guest sees it.

@@ -65,7 +65,7 @@ pub fn guest_status(observed: &Observed) -> Option<GuestStatus> {
                         }),
                     mount_path: d.mount.clone().unwrap_or_default(),
                     size: Quantity::from_bytes(size),
-                    used: Quantity::default(),
+                    used: None,
                 }),
             })
             .collect(),

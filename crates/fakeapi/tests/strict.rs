@@ -63,6 +63,27 @@ async fn the_crd_schema_and_cel_rules_are_enforced() {
         .unwrap_err();
     assert_eq!(code, 422);
     assert!(msg.contains("spec.cpus: unknown field"), "{msg}");
+    let (code, msg) = post(
+        &c,
+        WUKONGS,
+        wukong(
+            "d",
+            json!({"disks": [{"name": "a", "size": "1Gi"}, {"name": "a", "size": "2Gi"}]}),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 422);
+    assert!(msg.contains("Duplicate value"), "{msg}");
+    let (code, msg) = post(
+        &c,
+        WUKONGS,
+        wukong("e", json!({"disks": [{"name": "Data", "size": "1Gi"}]})),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 422);
+    assert!(msg.contains("does not match"), "{msg}");
     let created = post(
         &c,
         WUKONGS,

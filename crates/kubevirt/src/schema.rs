@@ -1,11 +1,16 @@
 //! A strict validator over KubeVirt's Swagger 2.0 definitions: types, required fields, enums,
 //! `$ref`s, and unknown fields rejected (as a real API server with field validation does).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use regex::Regex;
 use serde_json::{Map, Value};
 
 /// KubeVirt's definitions.
 pub struct Swagger {
     defs: Map<String, Value>,
+    patterns: Mutex<HashMap<String, Option<Regex>>>,
 }
 
 /// Definitions whose `type: string` is really "string or integer" on the wire.
@@ -22,14 +27,20 @@ impl Swagger {
             .and_then(Value::as_object)
             .ok_or("the document has no definitions")?
             .clone();
-        Ok(Swagger { defs })
+        Ok(Swagger {
+            defs,
+            patterns: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A validator for one OpenAPI v3 schema (a CRD version's), under the name `name`.
     pub fn single(name: &str, schema: Value) -> Swagger {
         let mut defs = Map::new();
         defs.insert(name.to_string(), schema);
-        Swagger { defs }
+        Swagger {
+            defs,
+            patterns: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Every problem of `value` against definition `name`, as `path: reason`.
@@ -106,6 +117,7 @@ impl Swagger {
             }
             Some("array") => match v.as_array() {
                 Some(items) => {
+                    list_map_keys(schema, items, at, errors);
                     if let Some(s) = schema.get("items") {
                         for (i, item) in items.iter().enumerate() {
                             self.check(def, s, item, &format!("{path}[{i}]"), errors);
@@ -120,6 +132,36 @@ impl Swagger {
             _ => {}
         }
         bounds(schema, v, at, errors);
+        if let (Some(p), Some(text)) = (schema.get("pattern").and_then(Value::as_str), v.as_str()) {
+            let mut cache = self.patterns.lock().expect("patterns");
+            let re = cache
+                .entry(p.to_string())
+                .or_insert_with(|| Regex::new(p).ok());
+            if re.as_ref().is_some_and(|re| !re.is_match(text)) {
+                errors.push(format!("{at}: {v} does not match {p}"));
+            }
+        }
+    }
+}
+
+/// `x-kubernetes-list-type: map`: the key fields identify an item; no two items share them.
+fn list_map_keys(schema: &Value, items: &[Value], at: &str, errors: &mut Vec<String>) {
+    if schema.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map") {
+        return;
+    }
+    let keys: Vec<&str> = schema
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut seen = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let key: Vec<String> = keys.iter().map(|k| item[*k].to_string()).collect();
+        if !seen.insert(key.clone()) {
+            errors.push(format!("{at}[{i}]: Duplicate value: {}", key.join(",")));
+        }
     }
 }
 

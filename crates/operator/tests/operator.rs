@@ -383,3 +383,24 @@ async fn after_watches_expire_the_operator_relists_and_keeps_reacting() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_object_is_reported_and_blocks_no_other() {
+    let c = Cluster::start().await;
+    // Valid for the API server, not for a cluster: a disk image path is a local-backend field.
+    c.create(
+        "bad",
+        "  cpu: 1\n  memory: 1Gi\n  disks:\n  - {name: system, size: 10Gi, source: {image: /images/base.qcow2}}\n",
+    )
+    .await;
+    c.create("good", BASIC).await;
+    c.converged("good").await;
+    c.until("bad to be reported", T, |c| {
+        c.condition("bad", "Degraded")
+            .is_some_and(|(s, r, _)| s == "True" && r == "InvalidSpec")
+    })
+    .await;
+    let (_, _, message) = c.condition("bad", "Degraded").unwrap();
+    assert!(message.contains("spec.disks[0].source"), "{message}");
+    assert!(c.vm("bad").is_none(), "nothing was created for it");
+}

@@ -26,6 +26,8 @@ use crate::store::{ApiError, Kind, Store, Sub, bytes};
 pub struct Faults {
     /// VMs whose VMI never reports a new CPU count.
     pub freeze_cpu: HashSet<String>,
+    /// VMs whose guest leaves hot-added vCPUs offline (only the boot vCPUs online).
+    pub offline_cpus: HashSet<String>,
     /// PVCs whose resize fails.
     pub fail_resize: HashSet<String>,
     /// Pod exec is refused (no RBAC, no exec).
@@ -53,6 +55,8 @@ struct Guests {
     disks: BTreeMap<(String, String), Disk>,
     /// Finished guest-exec results by pid.
     execs: BTreeMap<i64, (i64, String, String)>,
+    /// vCPUs each VMI booted with.
+    boot_cpus: BTreeMap<(String, String), u64>,
     next_pid: i64,
 }
 
@@ -352,6 +356,10 @@ impl Sim {
         // A fresh boot: the boot disk holds the root filesystem.
         {
             let mut g = self.guests.lock().expect("guests");
+            g.boot_cpus.insert(
+                (ns.to_string(), name.to_string()),
+                cpu["sockets"].as_u64().unwrap_or(1),
+            );
             if let Some(first) = spec["domain"]["devices"]["disks"]
                 .as_array()
                 .and_then(|d| d.first())
@@ -849,9 +857,24 @@ impl Sim {
                 let n = vmi["status"]["currentCPUTopology"]["sockets"]
                     .as_u64()
                     .unwrap_or(1);
-                Ok(
-                    json!({"return": (0..n).map(|i| json!({"logical-id": i, "online": true, "can-offline": i > 0})).collect::<Vec<_>>()}),
-                )
+                let name = vmi["metadata"]["name"].as_str().unwrap_or_default();
+                let online = if self
+                    .faults
+                    .lock()
+                    .expect("faults")
+                    .offline_cpus
+                    .contains(name)
+                {
+                    let g = self.guests.lock().expect("guests");
+                    *g.boot_cpus
+                        .get(&(ns.to_string(), name.to_string()))
+                        .unwrap_or(&n)
+                } else {
+                    n
+                };
+                Ok(json!({"return": (0..n)
+                    .map(|i| json!({"logical-id": i, "online": i < online, "can-offline": i > 0}))
+                    .collect::<Vec<_>>()}))
             }
             "guest-exec" => {
                 if self.faults.lock().expect("faults").agent_blocks_exec {

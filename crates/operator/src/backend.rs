@@ -3,7 +3,7 @@
 //! `wukong_kubevirt::edits`, waits for the platform (PVC capacity, new VMI after a restart),
 //! and finishes in the guest through the launcher's `compute` container.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,8 @@ pub struct KubevirtBackend {
     /// The objects of each VM's last observation (VM, VMI, PVCs), for preflight.
     seen: Mutex<HashMap<VmRef, Seen>>,
     cluster: Mutex<Option<(Instant, ClusterWide)>>,
+    /// VMs whose vCPU step is being verified (their guest is asked for its online vCPUs).
+    counting: Mutex<HashSet<VmRef>>,
     guest: Guest,
     timeouts: KubeTimeouts,
 }
@@ -126,6 +128,7 @@ impl KubevirtBackend {
             declarative: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             cluster: Mutex::new(None),
+            counting: Mutex::new(HashSet::new()),
             timeouts,
         }
     }
@@ -139,8 +142,13 @@ impl KubevirtBackend {
     }
 
     /// Drops what the last operation observed of `vm` (kept only while one runs).
-    pub fn settle(&self, vm: &VmRef) {
+    /// `vcpus_doubtful`: a vCPU step failed verification, so the guest keeps being asked how
+    /// many it has online until one succeeds.
+    pub fn settle(&self, vm: &VmRef, vcpus_doubtful: bool) {
         self.seen.lock().expect("seen").remove(vm);
+        if !vcpus_doubtful {
+            self.counting.lock().expect("counting").remove(vm);
+        }
     }
 
     /// Forgets `vm` (after deletion).
@@ -642,7 +650,17 @@ impl Backend for KubevirtBackend {
         let guest = match &vmi {
             Some(v) if running && condition_true(v, "AgentConnected") => {
                 let filesystems = self.guest.filesystems(vm).await.unwrap_or_default();
-                Some(guest_view(v, &filesystems))
+                let mut view = guest_view(v, &filesystems);
+                // While a vCPU step is verified, ask the guest itself how many are online:
+                // KubeVirt reports the domain's vCPUs, not whether the guest onlined them.
+                // A guest that left vCPUs offline has only those it onlined.
+                if self.counting.lock().expect("counting").contains(vm)
+                    && let Ok(online) = self.guest.online_vcpus(vm).await
+                {
+                    view.cpus_online = online;
+                    config.cpu = config.cpu.min(online);
+                }
+                Some(view)
             }
             _ => None,
         };
@@ -689,6 +707,13 @@ impl Backend for KubevirtBackend {
             steps: vec![step.clone()],
             restart: None,
         };
+        let vcpus = matches!(
+            step.action,
+            Action::AddVcpus { .. } | Action::RemoveVcpus { .. }
+        );
+        if vcpus {
+            self.counting.lock().expect("counting").insert(vm.clone());
+        }
         self.carry_out(vm, &plan, desired).await?;
         if let Action::GrowDisk { disk, to, .. } = &step.action {
             self.await_capacity(vm, disk, *to, progress).await?;

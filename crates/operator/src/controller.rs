@@ -28,7 +28,8 @@ use wukong_api::{
 };
 use wukong_engine::status::{apply_event, observe_into, report_into, set_condition};
 use wukong_engine::{
-    BackendError, Desired, Engine, EngineError, Event, EventSink, Journal, Timeouts, VmRef,
+    BackendError, Desired, Engine, EngineError, Event, EventSink, Journal, StepOutcome, Timeouts,
+    VmRef,
 };
 use wukong_kubevirt::render::{NAME_LABEL, render};
 
@@ -405,7 +406,17 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         },
     };
     let outcome = engine.converge(&vm, &op, &mut desired_rx).await;
-    ctx.backend.settle(&vm);
+    let vcpus_doubtful = outcome.as_ref().is_ok_and(|r| {
+        r.steps.iter().any(|(s, o)| {
+            matches!(o, StepOutcome::Failed { .. })
+                && matches!(
+                    s.action,
+                    wukong_planner::Action::AddVcpus { .. }
+                        | wukong_planner::Action::RemoveVcpus { .. }
+                )
+        })
+    });
+    ctx.backend.settle(&vm, vcpus_doubtful);
     drop(sink);
     let mut status = writer.await.unwrap_or(status);
     let action = match outcome {

@@ -129,6 +129,19 @@ impl Guest {
         Ok(v["return"].clone())
     }
 
+    /// How many vCPUs the guest has online (`guest-get-vcpus`).
+    pub async fn online_vcpus(&self, vm: &VmRef) -> Result<u32, BackendError> {
+        let cpus = self
+            .agent(vm, &json!({"execute": "guest-get-vcpus"}))
+            .await?;
+        Ok(cpus
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["online"] == true)
+            .count() as u32)
+    }
+
     /// Runs `argv` in the guest (stdin `input`); fails unless it exits 0.
     pub async fn run(
         &self,

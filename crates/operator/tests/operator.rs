@@ -404,3 +404,48 @@ async fn a_bad_object_is_reported_and_blocks_no_other() {
     assert!(message.contains("spec.disks[0].source"), "{message}");
     assert!(c.vm("bad").is_none(), "nothing was created for it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcpus_the_guest_leaves_offline_are_caught_by_asking_the_guest() {
+    let c = Cluster::start_with(|o| o.verify_timeout = Duration::from_secs(2)).await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    // KubeVirt adds the vCPU to the domain, but the guest does not online it.
+    c.api.faults(|f| {
+        f.offline_cpus.insert("w".into());
+    });
+    c.patch_spec("w", json!({"cpu": 3})).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(
+        c.vmi("w").unwrap()["status"]["currentCPUTopology"]["sockets"],
+        3,
+        "the API says OK"
+    );
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(
+        message.contains("2 vCPU(s) online"),
+        "the guest does not: {message}"
+    );
+    // The retries keep asking the guest: never claimed converged while it lacks the vCPU.
+    let failures = |c: &Cluster| {
+        c.event_reasons("w")
+            .iter()
+            .filter(|r| *r == "StepFailed")
+            .count()
+    };
+    c.until("a retry", T, |c| failures(c) >= 2).await;
+    let w = c.wukong("w").unwrap();
+    assert_ne!(
+        w["status"]["observedGeneration"], w["metadata"]["generation"],
+        "{}",
+        w["status"]
+    );
+    assert_eq!(c.condition("w", "Degraded").unwrap().0, "True");
+    // Once the guest onlines it, the next retry converges.
+    c.api.faults(|f| f.offline_cpus.clear());
+    c.converged("w").await;
+}

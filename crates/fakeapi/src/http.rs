@@ -496,12 +496,17 @@ async fn handle(
                 list(&server, kind, ns.as_deref(), &q)
             };
         }
-        (Method::POST, Target::Collection { kind, ns }) => match parse_body(&body) {
-            Ok(obj) if param(&q, "dryRun") == Some("All") => Ok(obj),
-            Ok(obj) => store.create(kind, ns.as_deref().unwrap_or_default(), obj),
-            Err(e) => Err(e),
+        (Method::POST, Target::Collection { kind, ns }) => {
+            let created = match parse_body(&body) {
+                Ok(obj) if param(&q, "dryRun") == Some("All") => Ok(obj),
+                Ok(obj) => store.create(kind, ns.as_deref().unwrap_or_default(), obj),
+                Err(e) => Err(e),
+            };
+            return match created {
+                Ok(o) => json_response(201, &o),
+                Err(e) => error_response(&e),
+            };
         }
-        .map(|o| json!({"__created": o})),
         (
             Method::GET,
             Target::Object {
@@ -600,10 +605,7 @@ async fn handle(
         )),
     };
     match result {
-        Ok(mut v) => match v.get_mut("__created").map(Value::take) {
-            Some(created) => json_response(201, &created),
-            None => json_response(200, &v),
-        },
+        Ok(v) => json_response(200, &v),
         Err(e) => error_response(&e),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{BASIC, Cluster};
 use serde_json::json;
 
-const T: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(60);
 
 fn sockets(vm: &serde_json::Value) -> u64 {
     vm["spec"]["template"]["spec"]["domain"]["cpu"]["sockets"]

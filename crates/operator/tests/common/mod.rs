@@ -43,13 +43,14 @@ impl Cluster {
         .unwrap();
         let client = client_for(&api);
         let mut opts = Options {
-            verify_timeout: Duration::from_secs(5),
+            // Generous: a loaded CI machine must not turn a slow step into a failure.
+            verify_timeout: Duration::from_secs(15),
             backoff: Duration::from_millis(200),
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
             ..Options::default()
         };
-        opts.kube.resize = Duration::from_secs(5);
-        opts.kube.restart = Duration::from_secs(10);
+        opts.kube.resize = Duration::from_secs(15);
+        opts.kube.restart = Duration::from_secs(30);
         f(&mut opts);
         let mut c = Cluster {
             api,
@@ -171,7 +172,7 @@ impl Cluster {
     pub async fn converged(&self, name: &str) -> Value {
         self.until(
             &format!("{name} to converge"),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             |c| {
                 c.wukong(name).is_some_and(|w| {
                     w["status"]["observedGeneration"] == w["metadata"]["generation"]

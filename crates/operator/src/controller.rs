@@ -231,6 +231,14 @@ impl Context {
         Ok(())
     }
 
+    /// Counts one more failure of `vm` and backs off accordingly.
+    fn retry_later(&self, vm: &VmRef) -> Action {
+        let mut failures = self.failures.lock().expect("failures");
+        let n = failures.entry(vm.clone()).or_default();
+        *n += 1;
+        Action::requeue(backoff(self.opts.backoff, *n))
+    }
+
     /// `w` if it is the version this operator last wrote (or it never wrote one); the stored
     /// object otherwise: the cache may lag behind the operator's own status write, and the
     /// pinned ceilings and boot disk live in status.
@@ -419,7 +427,7 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.backend.settle(&vm, vcpus_doubtful);
     drop(sink);
     let mut status = writer.await.unwrap_or(status);
-    let action = match outcome {
+    let result = match outcome {
         Ok(report) => {
             if let Some(o) = &report.observed {
                 observe_into(&mut status, o, Some(generation));
@@ -433,19 +441,16 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
                 });
             }
             ctx.metrics.pending(&vm, report.pending.is_some());
-            let mut failures = ctx.failures.lock().expect("failures");
-            if report.succeeded {
-                failures.remove(&vm);
+            Ok(if !report.succeeded {
+                ctx.retry_later(&vm)
+            } else {
+                ctx.failures.lock().expect("failures").remove(&vm);
                 if report.pending.is_some() {
                     Action::requeue(Duration::from_secs(60))
                 } else {
                     Action::requeue(ctx.opts.resync)
                 }
-            } else {
-                let n = failures.entry(vm.clone()).or_default();
-                *n += 1;
-                Action::requeue(backoff(ctx.opts.backoff, *n))
-            }
+            })
         }
         Err(EngineError::Backend(BackendError::NotFound(what))) if what == vm.to_string() => {
             return created(&ctx, &api, &w, &vm, &config, &pinned, status).await;
@@ -460,11 +465,8 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
                 &why,
                 Some(generation),
             );
-            if status != before {
-                ctx.write_status(&api, &vm, &status).await?;
-            }
             // The VMI's events bring the next reconcile; this is the fallback.
-            return Ok(Action::requeue(Duration::from_secs(30)));
+            Ok(Action::requeue(Duration::from_secs(30)))
         }
         Err(EngineError::Plan(e)) => {
             set_condition(
@@ -475,7 +477,7 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
                 &e.to_string(),
                 Some(generation),
             );
-            Action::await_change()
+            Ok(Action::await_change())
         }
         Err(e) => {
             set_condition(
@@ -486,16 +488,13 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
                 &e.to_string(),
                 Some(generation),
             );
-            if status != before {
-                ctx.write_status(&api, &vm, &status).await?;
-            }
-            return Err(Error::Engine(e.to_string()));
+            Err(Error::Engine(e.to_string()))
         }
     };
     if status != before {
         ctx.write_status(&api, &vm, &status).await?;
     }
-    Ok(action)
+    result
 }
 
 /// Creates the PVCs and the VM of a new Wukong. The VM is owned by the Wukong (it goes with
@@ -589,10 +588,7 @@ async fn reconcile(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
 fn error_policy(w: Arc<Wukong>, error: &Error, ctx: Arc<Context>) -> Action {
     let vm = VmRef::new(&w.namespace().unwrap_or_default(), &w.name_any());
     tracing::warn!(%vm, %error, "reconcile failed");
-    let mut failures = ctx.failures.lock().expect("failures");
-    let n = failures.entry(vm).or_default();
-    *n += 1;
-    Action::requeue(backoff(ctx.opts.backoff, *n))
+    ctx.retry_later(&vm)
 }
 
 fn by_label(o: DynamicObject) -> Option<ObjectRef<Wukong>> {

@@ -516,13 +516,7 @@ async fn handle(
                 sub,
             },
         ) => match sub.as_deref() {
-            None | Some("status") => store.get(kind, &ns, &name).ok_or_else(|| {
-                ApiError::new(
-                    404,
-                    "NotFound",
-                    format!("{}.{} \"{name}\" not found", kind.plural, kind.group),
-                )
-            }),
+            None | Some("status") => store.fetch(kind, &ns, &name),
             Some(s) => Err(not_found(s)),
         },
         (
@@ -553,13 +547,7 @@ async fn handle(
             store.count(kind.plural, "patch");
             let sub = which(kind, sub.as_deref());
             sub.and_then(|sub| {
-                let current = store.get(kind, &ns, &name).ok_or_else(|| {
-                    ApiError::new(
-                        404,
-                        "NotFound",
-                        format!("{}.{} \"{name}\" not found", kind.plural, kind.group),
-                    )
-                })?;
+                let current = store.fetch(kind, &ns, &name)?;
                 let ct = headers
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())

@@ -16,10 +16,11 @@ use axum::http::{Method, Uri};
 use axum::response::Response;
 use base64::Engine as _;
 use serde_json::{Value, json};
+use wukong_kubevirt::bytes;
 use wukong_kubevirt::render::{DEFAULT_FILESYSTEM_OVERHEAD, NAME_LABEL, expected_guest_size};
 
 use crate::http::{Server, error_response, json_response, query_pairs};
-use crate::store::{ApiError, Kind, Store, Sub, bytes};
+use crate::store::{ApiError, Kind, Store, Sub, now};
 
 /// Faults a test can inject.
 #[derive(Clone, Debug, Default)]
@@ -81,12 +82,6 @@ fn pvc_kind() -> &'static Kind {
 }
 fn pod_kind() -> &'static Kind {
     Kind::named("", "Pod")
-}
-
-fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 fn condition(kind: &str, status: bool, reason: &str, message: &str) -> Value {
@@ -597,14 +592,9 @@ impl Sim {
         body: &[u8],
     ) -> Result<(u16, Value), ApiError> {
         let _busy = self.busy.lock().expect("busy");
-        let missing =
-            |what: &str| ApiError::new(404, "NotFound", format!("{what} \"{name}\" not found"));
         match (method.as_str(), resource, action) {
             ("PUT", "virtualmachines", "restart" | "start" | "stop") => {
-                let vm = self
-                    .store
-                    .get(vm_kind(), ns, name)
-                    .ok_or_else(|| missing("virtualmachines.kubevirt.io"))?;
+                let vm = self.store.fetch(vm_kind(), ns, name)?;
                 match action {
                     "restart" => {
                         if self.store.get(vmi_kind(), ns, name).is_none() {
@@ -634,10 +624,7 @@ impl Sim {
                 let opts: Value = serde_json::from_slice(body).map_err(|e| {
                     ApiError::new(400, "BadRequest", format!("the body is not JSON: {e}"))
                 })?;
-                let mut vm = self
-                    .store
-                    .get(vm_kind(), ns, name)
-                    .ok_or_else(|| missing("virtualmachines.kubevirt.io"))?;
+                let mut vm = self.store.fetch(vm_kind(), ns, name)?;
                 let vol = opts["name"].as_str().unwrap_or_default().to_string();
                 let spec = &mut vm["spec"]["template"]["spec"];
                 if action == "addvolume" {
@@ -674,10 +661,7 @@ impl Sim {
                 Ok((202, json!({})))
             }
             ("GET", "virtualmachineinstances", "filesystemlist" | "guestosinfo") => {
-                let vmi = self
-                    .store
-                    .get(vmi_kind(), ns, name)
-                    .ok_or_else(|| missing("virtualmachineinstances.kubevirt.io"))?;
+                let vmi = self.store.fetch(vmi_kind(), ns, name)?;
                 if action == "guestosinfo" {
                     return Ok((
                         200,
@@ -922,10 +906,7 @@ impl Sim {
         container: &str,
         argv: &[String],
     ) -> Result<(i64, String, String), ApiError> {
-        let p = self
-            .store
-            .get(pod_kind(), ns, pod)
-            .ok_or_else(|| ApiError::new(404, "NotFound", format!("pods \"{pod}\" not found")))?;
+        let p = self.store.fetch(pod_kind(), ns, pod)?;
         if p["status"]["phase"] != "Running" {
             return Err(ApiError::new(
                 400,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
-use wukong_kubevirt::Swagger;
+use wukong_kubevirt::{Swagger, bytes};
 
 /// A served resource.
 #[derive(Debug, PartialEq, Eq)]
@@ -159,7 +159,8 @@ impl ApiError {
         }
     }
 
-    fn not_found(kind: &Kind, name: &str) -> Self {
+    /// 404 for object `name` of `kind`, worded as a real server words it.
+    pub fn not_found(kind: &Kind, name: &str) -> Self {
         let what = if kind.group.is_empty() {
             kind.plural.to_string()
         } else {
@@ -242,7 +243,8 @@ pub struct Store {
     pub closed: tokio::sync::watch::Sender<u64>,
 }
 
-fn now() -> String {
+/// Now, as object timestamps are written.
+pub(crate) fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
@@ -268,15 +270,6 @@ fn is_dns_subdomain(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-/// Parses a Kubernetes quantity into bytes.
-pub fn bytes(v: &Value) -> Option<u64> {
-    match v {
-        Value::String(s) => wukong_api::quantity::parse_bytes(s).ok(),
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    }
 }
 
 impl Store {
@@ -366,6 +359,12 @@ impl Store {
             .writes
             .entry((plural.into(), verb.into()))
             .or_default() += 1;
+    }
+
+    /// One object, or 404.
+    pub fn fetch(&self, kind: &'static Kind, ns: &str, name: &str) -> Result<Value, ApiError> {
+        self.get(kind, ns, name)
+            .ok_or_else(|| ApiError::not_found(kind, name))
     }
 
     /// One object.

@@ -10,6 +10,15 @@ pub mod schema;
 pub mod webhook;
 
 pub use edits::{Edit, apply_patches, edits};
+
+/// A quantity as a cluster object holds it (`"2Gi"` or a plain number), in bytes.
+pub fn bytes(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::String(s) => wukong_api::quantity::parse_bytes(s).ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
 pub use preflight::{ClusterFacts, Preflight, preflight};
 pub use render::{Rendered, expected_guest_size, render};
 pub use schema::Swagger;

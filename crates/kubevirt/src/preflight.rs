@@ -56,7 +56,8 @@ pub struct Preflight {
     pub notes: Vec<String>,
 }
 
-fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+/// The condition of type `kind` in `obj`'s status, if there is one.
+pub fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
     obj["status"]["conditions"]
         .as_array()?
         .iter()

@@ -2,17 +2,10 @@
 //! (beyond the schema): what a real cluster would refuse.
 
 use serde_json::Value;
-use wukong_api::quantity::{MEMORY_ALIGNMENT, parse_bytes};
+use wukong_api::quantity::MEMORY_ALIGNMENT;
 
+use crate::bytes;
 use crate::render::MIN_HOTPLUG_GUEST;
-
-fn bytes(v: &Value) -> Option<u64> {
-    match v {
-        Value::String(s) => parse_bytes(s).ok(),
-        Value::Number(n) => n.as_u64(),
-        _ => None,
-    }
-}
 
 /// Every rule `vm` breaks, as `path: reason`.
 pub fn check_vm(vm: &Value) -> Vec<String> {

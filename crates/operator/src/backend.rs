@@ -11,13 +11,13 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
-use wukong_api::quantity::parse_bytes;
 use wukong_api::{
     BackendKind, DiskBus, DiskConfig, NetworkSource, NicConfig, NicModel, RunStrategy, VmConfig,
 };
 use wukong_engine::{Backend, BackendError, StepProgress, VmRef};
+use wukong_kubevirt::bytes;
 use wukong_kubevirt::edits::{Edit, edits};
-use wukong_kubevirt::preflight::{ClusterFacts, preflight};
+use wukong_kubevirt::preflight::{ClusterFacts, condition, preflight};
 use wukong_kubevirt::render::{NAME_LABEL, pvc_name};
 use wukong_planner::{Action, Capabilities, GuestDiskView, GuestView, Observed, Plan, Step};
 
@@ -110,12 +110,6 @@ pub struct KubevirtBackend {
     counting: Mutex<HashSet<VmRef>>,
     guest: Guest,
     timeouts: KubeTimeouts,
-}
-
-fn condition_true(obj: &Value, kind: &str) -> bool {
-    obj["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == kind && c["status"] == "True"))
 }
 
 impl KubevirtBackend {
@@ -385,10 +379,7 @@ impl KubevirtBackend {
                 .get(&pvc_resource(), &vm.namespace, &name)
                 .await?
                 .ok_or_else(|| BackendError::NotFound(format!("PVC {name}")))?;
-            let capacity = pvc["status"]["capacity"]["storage"]
-                .as_str()
-                .and_then(|s| parse_bytes(s).ok())
-                .unwrap_or(0);
+            let capacity = bytes(&pvc["status"]["capacity"]["storage"]).unwrap_or(0);
             progress.progress(capacity.min(to), to, "PVC capacity");
             if capacity >= to {
                 return Ok(());
@@ -444,14 +435,6 @@ impl KubevirtBackend {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-fn bytes(v: &Value) -> Option<u64> {
-    match v {
-        Value::String(s) => parse_bytes(s).ok(),
-        Value::Number(n) => n.as_u64(),
-        _ => None,
     }
 }
 
@@ -648,7 +631,10 @@ impl Backend for KubevirtBackend {
             }
         }
         let guest = match &vmi {
-            Some(v) if running && condition_true(v, "AgentConnected") => {
+            Some(v)
+                if running
+                    && condition(v, "AgentConnected").is_some_and(|c| c["status"] == "True") =>
+            {
                 let filesystems = self.guest.filesystems(vm).await.unwrap_or_default();
                 let mut view = guest_view(v, &filesystems);
                 // While a vCPU step is verified, ask the guest itself how many are online:

@@ -150,7 +150,8 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
 
     /// Converges `vm` to the newest desired state in `desired`, re-planning whenever it
     /// changes between two steps. Each live step is verified in the guest before the next
-    /// starts; a failed step is undone where possible and ends the operation.
+    /// starts; a failed step is undone where possible and the later steps of its resource
+    /// are not run, while the other resources' steps still are.
     pub async fn converge(
         &self,
         vm: &VmRef,
@@ -181,6 +182,9 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                 plan: current.clone(),
             },
         )?;
+        // Resources whose step failed in this operation: their later steps depend on it and
+        // do not run; the other resources' steps still do.
+        let mut failed: Vec<String> = Vec::new();
         'replan: loop {
             let live: Vec<Step> = current
                 .steps
@@ -205,6 +209,13 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                     continue 'replan;
                 }
                 let index = report.steps.len() + 1;
+                if failed.contains(&step.action.resource()) {
+                    let error = "not run: an earlier step of the same resource failed".to_string();
+                    report
+                        .steps
+                        .push((step, StepOutcome::Failed { error, undone: false }));
+                    continue;
+                }
                 self.tell(
                     vm,
                     Event::StepStarted {
@@ -254,15 +265,24 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                             },
                         )?;
                         report.succeeded = false;
-                        report.message = Some(format!("{}: {error}", step.action.describe()));
+                        let what = format!("{}: {error}", step.action.describe());
+                        report.message = Some(match report.message.take() {
+                            Some(earlier) => format!("{earlier}; {what}"),
+                            None => what,
+                        });
+                        failed.push(step.action.resource());
                         report
                             .steps
                             .push((step, StepOutcome::Failed { error, undone }));
-                        return self.finish(vm, report);
                     }
                 }
             }
             break;
+        }
+        if !failed.is_empty() {
+            // A restart is not taken on top of a failed live change: the next attempt
+            // re-plans from what the VM then has.
+            return self.finish(vm, report);
         }
 
         let restart_steps: Vec<Step> = current.in_mode(Mode::Restart).cloned().collect();

@@ -730,10 +730,50 @@ impl Sim {
         ))
     }
 
+    /// What the guest's sysfs and mount table show, in the form the probe script prints
+    /// (`disk`, `mnt` lines): the simulated disks are unpartitioned virtio disks, `vda`
+    /// onwards in the VMI's disk order.
+    fn guest_probe(&self, ns: &str, vmi: &Value) -> String {
+        let mut out = format!(
+            "boot {}\n",
+            vmi["metadata"]["uid"].as_str().unwrap_or_default()
+        );
+        let disks = vmi["spec"]["domain"]["devices"]["disks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, d) in disks.iter().enumerate() {
+            let dev = format!("vd{}", (b'a' + i as u8) as char);
+            let Some(k) = self.disk_of(ns, vmi, &format!("/dev/{dev}")) else {
+                continue;
+            };
+            let g = self.guests.lock().expect("guests");
+            let Some(disk) = g.disks.get(&k) else { continue };
+            let serial = d["serial"].as_str().or(d["name"].as_str()).unwrap_or("-");
+            out += &format!("disk {dev} {} {serial}\n", disk.size / 512);
+            if let Some(Fs {
+                fs_type,
+                mount: Some(m),
+                size,
+            }) = &disk.fs
+            {
+                out += &format!("mnt {dev} {m} {fs_type} {size}\n");
+            }
+        }
+        out
+    }
+
     /// Runs one command in the simulated guest: exit code, stdout, stderr.
     fn guest_run(&self, ns: &str, vmi: &Value, argv: &[String]) -> (i64, String, String) {
+        // `timeout -s KILL SECS prog args…` runs prog (nothing here takes that long).
+        if argv.first().map(String::as_str) == Some("timeout") {
+            let skip = if argv.get(1).map(String::as_str) == Some("-s") { 4 } else { 2 };
+            return self.guest_run(ns, vmi, argv.get(skip..).unwrap_or_default());
+        }
         let arg = |i: usize| argv.get(i).map(String::as_str).unwrap_or_default();
         let last = argv.last().map(String::as_str).unwrap_or_default();
+        // Programs are found by name, wherever the caller says they live.
+        let program = arg(0).rsplit('/').next().unwrap_or_default();
         let with_disk = |dev: &str, f: &mut dyn FnMut(&mut Disk) -> (i64, String, String)| {
             let Some(k) = self.disk_of(ns, vmi, dev) else {
                 return (1, String::new(), format!("{dev}: no such device\n"));
@@ -744,9 +784,9 @@ impl Sim {
                 None => (1, String::new(), format!("{dev}: no such device\n")),
             }
         };
-        match arg(0) {
+        match program {
             "mke2fs" | "mkfs.ext4" | "mkfs.xfs" => {
-                let fs_type = if arg(0) == "mkfs.xfs" { "xfs" } else { "ext4" };
+                let fs_type = if program == "mkfs.xfs" { "xfs" } else { "ext4" };
                 with_disk(last, &mut |d| {
                     if d.fs.as_ref().is_some_and(|f| f.mount.is_some()) {
                         return (
@@ -825,6 +865,28 @@ impl Sim {
                         String::new(),
                         format!("xfs_growfs: {last} is not a mounted XFS filesystem\n"),
                     ),
+                }
+            }
+            "sh" if arg(1) == "-c" => (0, self.guest_probe(ns, vmi), String::new()),
+            // The first bytes of a disk: zeros, unless a filesystem was made on it.
+            "head" if arg(1) == "-c" => with_disk(last, &mut |d| {
+                let n: usize = arg(2).parse().unwrap_or(0);
+                let fill = if d.fs.is_some() { 'S' } else { '\0' };
+                (0, std::iter::repeat_n(fill, n).collect(), String::new())
+            }),
+            "umount" => {
+                let mut g = self.guests.lock().expect("guests");
+                match g
+                    .disks
+                    .values_mut()
+                    .filter_map(|d| d.fs.as_mut())
+                    .find(|f| f.mount.as_deref() == Some(last))
+                {
+                    Some(f) => {
+                        f.mount = None;
+                        (0, String::new(), String::new())
+                    }
+                    None => (32, String::new(), format!("umount: {last}: not mounted.\n")),
                 }
             }
             "sfdisk" | "partx" | "sync" | "true" => (0, String::new(), String::new()),

@@ -102,7 +102,9 @@ pub fn edits(
                 name: pvc_name(vm, disk),
                 patch: json!({"spec": {"resources": {"requests": {"storage": format_bytes(*to)}}}}),
             }),
-            Action::GrowFilesystem { .. } | Action::CreateFilesystem { .. } => out.push(Edit::InGuest(step.action.clone())),
+            Action::GrowFilesystem { .. } | Action::CreateFilesystem { .. } | Action::OnlineMemory { .. } => {
+                out.push(Edit::InGuest(step.action.clone()))
+            }
             Action::AttachDisk { disk } => {
                 out.push(Edit::CreatePvc(pvc(vm, namespace, disk)));
                 if declarative_hotplug {
@@ -119,6 +121,8 @@ pub fn edits(
                 }
             }
             Action::DetachDisk { disk } => {
+                // Unmounted in the guest first; a busy filesystem refuses the detach.
+                out.push(Edit::InGuest(step.action.clone()));
                 if declarative_hotplug {
                     let mut ops = guarded_remove(current, &format!("{DEVICES}/disks"), disk);
                     ops.extend(guarded_remove(current, &format!("{TEMPLATE}/volumes"), disk));

@@ -10,11 +10,11 @@ use std::time::Duration;
 use qapi::qmp;
 use serde_json::json;
 use tokio::sync::broadcast;
-use wukong_api::{BackendKind, DiskConfig, FsType, NicConfig, VmConfig};
+use wukong_api::{BackendKind, DiskConfig, NicConfig, VmConfig};
 use wukong_engine::{Backend, BackendError, StepProgress, VmRef};
 use wukong_planner::effect::apply;
 use wukong_planner::{
-    Action, Capabilities, CpuRemoval, GuestDiskView, GuestView, Mode, Observed, QemuVersion, Step,
+    Action, Capabilities, CpuRemoval, GuestView, Mode, Observed, QemuVersion, Step,
 };
 
 use crate::machine::{
@@ -24,6 +24,10 @@ use crate::machine::{
 use crate::paths::{Home, private_dir};
 use crate::process;
 use crate::qga::Qga;
+use wukong_guest::Guest;
+
+/// How long a long guest command (format, filesystem growth) may take.
+const LONG_GUEST_COMMAND: Duration = Duration::from_secs(120);
 use crate::qmp::{BlockdevAdd, NetdevAdd, Qmp, SnapshotInternal};
 use crate::store::{Store, StoreError, VmRecord};
 
@@ -73,6 +77,19 @@ pub struct LocalOptions {
     pub live: bool,
     /// Timeouts.
     pub timeouts: LocalTimeouts,
+}
+
+/// The guest agent of one VM, held for a run of guest-side operations.
+struct GuestSession {
+    qga: Qga,
+    timeout: Duration,
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl GuestSession {
+    fn ops(&self) -> Guest<'_, Qga> {
+        Guest::new(&self.qga, self.timeout, LONG_GUEST_COMMAND)
+    }
 }
 
 /// The local backend.
@@ -167,10 +184,20 @@ impl LocalBackend {
         Qmp::connect(&VmFiles::qmp(&dir), Duration::from_secs(5)).await
     }
 
+    /// The VM's guest agent for the guest-side operations, held by one caller at a time.
+    async fn guest(&self, vm: &VmRef) -> Result<GuestSession, BackendError> {
+        let lock = self.agent_lock(vm).lock_owned().await;
+        let qga = Qga::connect(&VmFiles::qga(&self.dir(vm)), self.options.timeouts.agent).await?;
+        Ok(GuestSession {
+            qga,
+            timeout: self.options.timeouts.agent,
+            _lock: lock,
+        })
+    }
+
     /// The guest's view, or `None` when its agent does not answer in time.
     pub async fn guest_view(&self, vm: &VmRef) -> Option<GuestView> {
-        let t = self.options.timeouts.agent;
-        self.with_agent(vm, |q| async move { q.view(t).await })
+        async { self.guest(vm).await?.ops().view().await }
             .await
             .ok()
     }
@@ -257,92 +284,19 @@ impl LocalBackend {
     /// Formats (when blank), mounts and grows the filesystem of every disk that asks for one.
     async fn prepare_disks(&self, vm: &VmRef, def: &VmConfig) -> Result<(), BackendError> {
         for d in def.disks.iter().filter(|d| d.filesystem.is_some()) {
-            self.ensure_filesystem(vm, d, true).await?;
+            self.ensure_filesystem(vm, d).await?;
         }
         Ok(())
     }
 
     /// Makes the disk's filesystem exist (formatting only a blank disk), be mounted where the
-    /// spec says, and fill its disk (growing the last partition first).
-    async fn ensure_filesystem(
-        &self,
-        vm: &VmRef,
-        disk: &DiskConfig,
-        may_format: bool,
-    ) -> Result<(), BackendError> {
+    /// spec says, and fill its disk.
+    async fn ensure_filesystem(&self, vm: &VmRef, disk: &DiskConfig) -> Result<(), BackendError> {
         let Some(fs) = disk.filesystem.clone() else {
             return Ok(());
         };
-        let t = self.options.timeouts.agent;
         let name = disk.name.clone();
-        self.with_agent(vm, |q| async move {
-            let (g, dev, target) = guest_disk(&q.view(t).await?, &name)?;
-            let has_fs = q.exec(&["blkid", &target], None, t).await?.code == 0;
-            if !has_fs {
-                if !may_format {
-                    return Err(failed(format!("disk {name} has no filesystem")));
-                }
-                match fs.fs_type {
-                    FsType::Ext4 => {
-                        q.exec_ok(
-                            &[
-                                "mke2fs",
-                                "-t",
-                                "ext4",
-                                "-F",
-                                "-q",
-                                "-E",
-                                "lazy_itable_init=1,lazy_journal_init=1",
-                                &target,
-                            ],
-                            None,
-                            Duration::from_secs(120),
-                        )
-                        .await?
-                    }
-                    FsType::Xfs => {
-                        q.exec_ok(
-                            &["mkfs.xfs", "-f", "-q", &target],
-                            None,
-                            Duration::from_secs(120),
-                        )
-                        .await?
-                    }
-                };
-            }
-            if g.mount.as_deref() != Some(fs.mount_path.as_str()) {
-                q.exec_ok(&["mkdir", "-p", &fs.mount_path], None, t).await?;
-                let kind = match fs.fs_type {
-                    FsType::Ext4 => "ext4",
-                    FsType::Xfs => "xfs",
-                };
-                q.exec_ok(&["mount", "-t", kind, &target, &fs.mount_path], None, t)
-                    .await?;
-            }
-            let kind = match fs.fs_type {
-                FsType::Ext4 => "ext4",
-                FsType::Xfs => "xfs",
-            };
-            grow_filesystem(&q, &g, &dev, &target, kind, &fs.mount_path, t).await
-        })
-        .await
-    }
-
-    /// Grows the partition and filesystem the guest has mounted on `disk` (whatever created
-    /// it) to fill the disk.
-    async fn grow_in_guest(&self, vm: &VmRef, disk: &str) -> Result<(), BackendError> {
-        let t = self.options.timeouts.agent;
-        let name = disk.to_string();
-        self.with_agent(vm, |q| async move {
-            let (g, dev, target) = guest_disk(&q.view(t).await?, &name)?;
-            let (Some(mount), Some(kind)) = (g.mount.clone(), g.fs_type.clone()) else {
-                return Err(failed(format!(
-                    "no mounted filesystem on disk {name} in the guest"
-                )));
-            };
-            grow_filesystem(&q, &g, &dev, &target, &kind, &mount, t).await
-        })
-        .await
+        self.guest(vm).await?.ops().ensure_filesystem(&name, &fs).await
     }
 
     async fn free_port(&self, vm: &VmRef, device: &str) -> Result<String, BackendError> {
@@ -433,34 +387,12 @@ impl LocalBackend {
             self.update(vm, |r| r.vcpu_creations += 1)?;
             qmp.device_add(&free.type_, &id, None, props).await?;
         }
-        // The guest onlines hot-added vCPUs itself (udev rule / uevent handler). A guest that
-        // does not is helped through the agent, and told.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        loop {
-            let v = self
-                .with_agent(vm, |q| async move { q.vcpus(t).await })
-                .await?;
-            let online = v.iter().filter(|(_, o)| *o).count() as u32;
-            progress.progress(u64::from(online), u64::from(to), "vCPUs online");
-            if online >= to {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let offline: Vec<(i64, bool)> = v
-                    .iter()
-                    .filter(|(_, o)| !o)
-                    .map(|(id, _)| (*id, true))
-                    .collect();
-                self.with_agent(vm, |q| async move { q.set_vcpus(&offline, t).await })
-                    .await
-                    .map_err(|e| failed(format!(
-                        "hot-added vCPUs are present but offline and the agent cannot online them ({e}); the guest needs a rule that onlines hot-added CPUs (see docs/guests.md)"
-                    )))?;
-                progress.progress(u64::from(to), u64::from(to), "the guest did not online the hot-added vCPUs itself (no udev rule?); onlined through the agent");
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // A guest with a rule onlines hot-added vCPUs itself; any the guest leaves offline are
+        // onlined through the agent as soon as they appear.
+        let within = self.options.timeouts.unplug;
+        let by = self.guest(vm).await?.ops().online_vcpus(to, within).await?;
+        progress.progress(u64::from(to), u64::from(to), by.describe());
+        Ok(())
     }
 
     async fn remove_vcpus(
@@ -542,6 +474,12 @@ impl LocalBackend {
         let current = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
         if current == requested {
             return Ok(());
+        }
+        if requested > current {
+            // New blocks must come online while they are plugged: virtio-mem stops plugging
+            // once about 1 GiB sits offline.
+            let by = self.guest(vm).await?.ops().auto_online_memory().await?;
+            progress.progress(0, requested - current, by.describe());
         }
         let mut events = qmp.subscribe();
         qmp.qom_set(&path, "requested-size", json!(requested))
@@ -650,7 +588,6 @@ impl LocalBackend {
     }
 
     async fn detach_disk(&self, vm: &VmRef, name: &str, force: bool) -> Result<(), BackendError> {
-        let t = self.options.timeouts.agent;
         let n = name.to_string();
         // Unmount in the guest first; a busy filesystem refuses unless forced.
         let view = self.guest_view(vm).await;
@@ -659,25 +596,11 @@ impl LocalBackend {
             .and_then(|v| v.disks.get(name))
             .and_then(|d| d.mount.clone())
         {
-            self.with_agent(vm, |q| async move {
-                q.exec_ok(&["sync"], None, t).await?;
-                let mut argv = vec!["umount"];
-                if force {
-                    argv.push("-l");
-                }
-                argv.push(&mount);
-                q.exec(&argv, None, t).await.and_then(|o| {
-                    if o.code == 0 {
-                        Ok(())
-                    } else {
-                        Err(failed(format!(
-                            "disk {n} is busy in the guest ({mount}: {}); stop what uses it, or set the annotation {FORCE_DETACH}: \"true\"",
-                            o.err()
-                        )))
-                    }
-                })
-            })
-            .await?;
+            self.guest(vm).await?.ops().unmount(&mount, force).await.map_err(|e| {
+                failed(format!(
+                    "disk {n} is busy in the guest ({mount}: {e}); stop what uses it, or set the annotation {FORCE_DETACH}: \"true\""
+                ))
+            })?;
         }
         let qmp = self.qmp(vm).await?;
         self.unplug(&qmp, &disk_id(name)).await?;
@@ -802,25 +725,6 @@ async fn settled_memory(qmp: &Qmp) -> Result<u64, BackendError> {
     }
 }
 
-/// The guest's disk with serial `name`, its device (`/dev/vdb`) and where its filesystem
-/// lives (the last partition, or the whole device).
-fn guest_disk(
-    view: &GuestView,
-    name: &str,
-) -> Result<(GuestDiskView, String, String), BackendError> {
-    let g = view
-        .disks
-        .get(name)
-        .cloned()
-        .ok_or_else(|| failed(format!("the guest does not see disk {name} (by serial)")))?;
-    let dev = format!("/dev/{}", g.device.clone().unwrap_or_default());
-    let target = g
-        .partition
-        .as_ref()
-        .map_or(dev.clone(), |p| format!("/dev/{p}"));
-    Ok((g, dev, target))
-}
-
 /// Logical ids of the online vCPUs, ascending.
 fn online_vcpus(v: &[(i64, bool)]) -> Vec<i64> {
     let mut ids: Vec<i64> = v.iter().filter(|(_, o)| *o).map(|(id, _)| *id).collect();
@@ -843,52 +747,6 @@ async fn hot_added_cpus(qmp: &Qmp) -> Result<Vec<String>, BackendError> {
             .collect::<Vec<_>>()
     });
     Ok(ids)
-}
-
-/// Grows the last partition (when the filesystem sits in one) and the filesystem to fill the
-/// disk. Argv lists only.
-async fn grow_filesystem(
-    q: &Qga,
-    g: &GuestDiskView,
-    dev: &str,
-    target: &str,
-    fs_type: &str,
-    mount: &str,
-    t: Duration,
-) -> Result<(), BackendError> {
-    if let Some(fs_size) = g.filesystem_size
-        && wukong_planner::observed::filesystem_fills(fs_size, g.size)
-        && g.partition.is_none()
-    {
-        return Ok(());
-    }
-    if let Some(part) = &g.partition {
-        let number = wukong_planner::guest::partition_number(part);
-        for c in wukong_planner::guest::grow_partition(dev, &number) {
-            let argv: Vec<&str> = c.argv.iter().map(String::as_str).collect();
-            if c.checked {
-                q.exec_ok(&argv, c.stdin, t).await?;
-            } else {
-                let _ = q.exec(&argv, c.stdin, t).await?;
-            }
-        }
-    }
-    match fs_type {
-        "ext2" | "ext3" | "ext4" => {
-            q.exec_ok(&["resize2fs", target], None, Duration::from_secs(120))
-                .await?
-        }
-        "xfs" => {
-            q.exec_ok(&["xfs_growfs", mount], None, Duration::from_secs(120))
-                .await?
-        }
-        other => {
-            return Err(failed(format!(
-                "cannot grow a {other} filesystem online (ext4 and xfs can be)"
-            )));
-        }
-    };
-    Ok(())
 }
 
 impl Backend for LocalBackend {
@@ -1037,13 +895,19 @@ impl Backend for LocalBackend {
                     }
                 })?;
             }
-            Action::GrowFilesystem { disk, .. } => self.grow_in_guest(vm, disk).await?,
+            Action::GrowFilesystem { disk, .. } => {
+                self.guest(vm).await?.ops().grow(disk).await?
+            }
             Action::CreateFilesystem { disk, .. } => {
                 let d = desired
                     .disk(disk)
                     .cloned()
                     .ok_or_else(|| failed(format!("unknown disk {disk}")))?;
-                self.ensure_filesystem(vm, &d, true).await?;
+                self.ensure_filesystem(vm, &d).await?;
+            }
+            Action::OnlineMemory { .. } => {
+                let n = self.guest(vm).await?.ops().online_memory_blocks().await?;
+                progress.progress(n as u64, n as u64, "memory blocks onlined through the agent");
             }
             Action::AttachDisk { disk } => self.attach_disk(vm, disk).await?,
             Action::DetachDisk { disk } => {

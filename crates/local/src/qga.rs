@@ -2,7 +2,6 @@
 //! earlier client are discarded), typed commands from `qapi`, every call bounded in time.
 //! Guest commands are argv lists, never shell strings built from input.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use qapi::qga;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use wukong_engine::BackendError;
-use wukong_planner::{GuestDiskView, GuestView};
+pub use wukong_guest::ExecOutput;
 
 type Service =
     qapi::futures::QapiService<qapi::futures::QgaStreamTokio<tokio::io::WriteHalf<UnixStream>>>;
@@ -24,28 +23,6 @@ pub struct Qga {
 impl Drop for Qga {
     fn drop(&mut self) {
         self.driver.abort();
-    }
-}
-
-/// What a guest command returned.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// Exit code (or 128 + signal).
-    pub code: i64,
-    /// Standard output.
-    pub stdout: Vec<u8>,
-    /// Standard error.
-    pub stderr: Vec<u8>,
-}
-
-impl ExecOutput {
-    /// stdout as text.
-    pub fn out(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-    /// stderr as text, trimmed.
-    pub fn err(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).trim().to_string()
     }
 }
 
@@ -195,15 +172,6 @@ impl Qga {
         }
     }
 
-    /// The guest's own view: online vCPUs, MemTotal, block devices by serial with their
-    /// filesystems, MACs, boot id. One guest command, a fixed script.
-    pub async fn view(&self, timeout: Duration) -> Result<GuestView, BackendError> {
-        let out = self
-            .exec_ok(&["/bin/sh", "-c", PROBE], None, timeout)
-            .await?;
-        Ok(parse_probe(&out.out()))
-    }
-
     /// Sets vCPUs online/offline by logical id; returns how many were changed.
     pub async fn set_vcpus(
         &self,
@@ -250,123 +218,21 @@ impl Qga {
     }
 }
 
-/// The fixed probe: no input is ever spliced into it. Tools that busybox also provides are
-/// called by absolute path (a static busybox `sh` prefers its own applets).
-const PROBE: &str = r#"
-read b < /proc/sys/kernel/random/boot_id; echo "boot $b"
-while read k v u; do [ "$k" = MemTotal: ] && { echo "mem $v"; break; }; done < /proc/meminfo
-read c < /sys/devices/system/cpu/online; echo "cpus $c"
-for b in /sys/block/*; do
-  [ -e "$b/device" ] || continue
-  d=${b##*/}; s=; n=0
-  [ -f "$b/serial" ] && read s < "$b/serial"
-  read n < "$b/size"
-  echo "disk $d $n ${s:--}"
-  for p in "$b/$d"*; do [ -e "$p/partition" ] && echo "part $d ${p##*/}"; done
-done
-for n in /sys/class/net/*; do [ "${n##*/}" = lo ] || { read a < "$n/address"; echo "nic ${n##*/} $a"; }; done
-while read -r dev mnt type rest; do
-  case $dev in /dev/*) ;; *) continue ;; esac
-  case $type in
-    ext2|ext3|ext4)
-      t=/sbin/tune2fs; [ -x $t ] || t=/usr/sbin/tune2fs
-      $t -l "$dev" 2>/dev/null | {
-        c=0; z=0
-        while IFS=: read k v; do case $k in "Block count") c=$v ;; "Block size") z=$v ;; esac; done
-        echo "fs ${dev#/dev/} $((c * z)) $mnt $type"
-      } ;;
-    *) df -P -k "$mnt" 2>/dev/null | { read h; read x k rest; echo "fs ${dev#/dev/} $((k * 1024)) $mnt $type"; } ;;
-  esac
-done < /proc/mounts
-"#;
-
-/// Parses the probe's output.
-pub fn parse_probe(text: &str) -> GuestView {
-    let mut view = GuestView::default();
-    // guest device (vda, vda1) -> disk serial
-    let mut by_dev: BTreeMap<String, String> = BTreeMap::new();
-    let mut fs: Vec<(String, u64, String, String)> = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["boot", id] => view.boot_id = Some(id.to_string()),
-            ["mem", kb] => view.memory_total = kb.parse::<u64>().unwrap_or(0) * 1024,
-            ["cpus", ranges] => view.cpus_online = count_ranges(ranges),
-            ["disk", dev, sectors, serial] if *serial != "-" => {
-                by_dev.insert(dev.to_string(), serial.to_string());
-                view.disks.insert(
-                    serial.to_string(),
-                    GuestDiskView {
-                        size: sectors.parse::<u64>().unwrap_or(0) * 512,
-                        device: Some(dev.to_string()),
-                        ..Default::default()
-                    },
-                );
-            }
-            ["part", dev, part] => {
-                if let Some(serial) = by_dev.get(*dev).cloned() {
-                    by_dev.insert(part.to_string(), serial.clone());
-                    if let Some(d) = view.disks.get_mut(&serial) {
-                        d.partitioned = true;
-                        // Listed in order: the last one wins.
-                        d.partition = Some(part.to_string());
-                    }
-                }
-            }
-            ["nic", _, mac] => view.macs.push(mac.to_lowercase()),
-            ["fs", dev, bytes, mnt, kind] => {
-                fs.push((
-                    dev.to_string(),
-                    bytes.parse::<u64>().unwrap_or(0),
-                    mnt.to_string(),
-                    kind.to_string(),
-                ));
-            }
-            _ => {}
-        }
+impl wukong_guest::Transport for Qga {
+    async fn exec(
+        &self,
+        argv: &[&str],
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, BackendError> {
+        Qga::exec(self, argv, input, timeout).await
     }
-    for (dev, size, mount, kind) in fs {
-        if let Some(d) = by_dev.get(&dev).and_then(|s| view.disks.get_mut(s)) {
-            d.filesystem_size = Some(size);
-            d.mount = Some(mount);
-            d.fs_type = Some(kind);
-        }
+
+    async fn vcpus(&self, timeout: Duration) -> Result<Vec<(i64, bool)>, BackendError> {
+        Qga::vcpus(self, timeout).await
     }
-    view
-}
 
-/// Counts CPUs in a list like `0-3,6`.
-fn count_ranges(s: &str) -> u32 {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => b.parse::<u32>().unwrap_or(0) + 1 - a.parse::<u32>().unwrap_or(0),
-            None => 1,
-        })
-        .sum()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_probe() {
-        let v = parse_probe(
-            "boot 1234\nmem 467624\ncpus 0-2,5\ndisk vda 4194304 system\npart vda vda1\ndisk vdb 2097152 data\ndisk sr0 0 -\nnic eth0 52:54:00:AA:00:01\nfs vda1 2080194560 /mnt/system ext4\n",
-        );
-        assert_eq!(v.boot_id.as_deref(), Some("1234"));
-        assert_eq!(v.memory_total, 467624 * 1024);
-        assert_eq!(v.cpus_online, 4);
-        assert_eq!(v.disks.len(), 2);
-        let sys = &v.disks["system"];
-        assert_eq!(sys.size, 2 << 30);
-        assert!(sys.partitioned);
-        assert_eq!(sys.partition.as_deref(), Some("vda1"));
-        assert_eq!(sys.mount.as_deref(), Some("/mnt/system"));
-        assert_eq!(sys.fs_type.as_deref(), Some("ext4"));
-        assert_eq!(sys.filesystem_size, Some(2080194560));
-        assert_eq!(v.disks["data"].filesystem_size, None);
-        assert_eq!(v.macs, vec!["52:54:00:aa:00:01"]);
+    async fn set_vcpus(&self, changes: &[(i64, bool)], timeout: Duration) -> Result<(), BackendError> {
+        Qga::set_vcpus(self, changes, timeout).await.map(|_| ())
     }
 }

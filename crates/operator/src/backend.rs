@@ -314,25 +314,33 @@ impl KubevirtBackend {
         action: &Action,
         desired: &VmConfig,
     ) -> Result<(), BackendError> {
-        let observed = self.observe(vm).await?;
-        let view = |disk: &str| {
-            observed
-                .guest
-                .as_ref()
-                .and_then(|g| g.disks.get(disk))
-                .cloned()
-                .unwrap_or_default()
+        let agent = crate::guest::VmAgent {
+            guest: &self.guest,
+            vm,
         };
+        let ops = self.guest.ops(&agent);
         match action {
-            Action::GrowFilesystem { disk, .. } => {
-                self.guest.grow_filesystem(vm, &view(disk)).await
-            }
+            Action::GrowFilesystem { disk, .. } => ops.grow(disk).await,
             Action::CreateFilesystem { disk, filesystem } => {
-                let d = desired.disk(disk).cloned();
-                let serial = d.map_or(disk.clone(), |d| d.name);
-                self.guest
-                    .create_filesystem(vm, &serial, filesystem, &view(disk))
-                    .await
+                let serial = desired.disk(disk).map_or(disk.as_str(), |d| d.name.as_str());
+                ops.ensure_filesystem(serial, filesystem).await
+            }
+            Action::OnlineMemory { .. } => ops.online_memory_blocks().await.map(|_| ()),
+            Action::DetachDisk { disk } => {
+                let stack = ops.stack(disk).await.map_err(|e| {
+                    BackendError::Failed(format!(
+                        "cannot tell whether disk {disk} is mounted in the guest ({e}): not detached"
+                    ))
+                })?;
+                match stack.and_then(|s| s.filesystem) {
+                    Some(fs) => ops.unmount(&fs.path, false).await.map_err(|e| {
+                        BackendError::Failed(format!(
+                            "disk {disk} is busy in the guest ({}: {e}); stop what uses it",
+                            fs.path
+                        ))
+                    }),
+                    None => Ok(()),
+                }
             }
             other => Err(BackendError::Unsupported {
                 backend: BackendKind::Kubevirt,
@@ -562,6 +570,7 @@ pub fn guest_view(vmi: &Value, filesystems: &[Value]) -> GuestView {
                 fs_type: fs
                     .and_then(|f| f["fileSystemType"].as_str())
                     .map(String::from),
+                ..Default::default()
             },
         );
     }
@@ -581,6 +590,7 @@ pub fn guest_view(vmi: &Value, filesystems: &[Value]) -> GuestView {
             .filter_map(|i| i["mac"].as_str().map(str::to_lowercase))
             .collect(),
         boot_id: vmi["metadata"]["uid"].as_str().map(String::from),
+        memory_offline: 0,
     }
 }
 
@@ -635,18 +645,27 @@ impl Backend for KubevirtBackend {
                 if running
                     && condition(v, "AgentConnected").is_some_and(|c| c["status"] == "True") =>
             {
-                let filesystems = self.guest.filesystems(vm).await.unwrap_or_default();
-                let mut view = guest_view(v, &filesystems);
+                // A failed filesystem list is unknown, not "no filesystems": no guest view
+                // then, so nothing is planned from it (never a format or a mount).
+                match self.guest.filesystems(vm).await {
+                    Ok(filesystems) => {
+                        let mut view = guest_view(v, &filesystems);
                 // While a vCPU step is verified, ask the guest itself how many are online:
                 // KubeVirt reports the domain's vCPUs, not whether the guest onlined them.
                 // A guest that left vCPUs offline has only those it onlined.
-                if self.counting.lock().expect("counting").contains(vm)
-                    && let Ok(online) = self.guest.online_vcpus(vm).await
-                {
-                    view.cpus_online = online;
-                    config.cpu = config.cpu.min(online);
+                        if self.counting.lock().expect("counting").contains(vm)
+                            && let Ok(online) = self.guest.online_vcpus(vm).await
+                        {
+                            view.cpus_online = online;
+                            config.cpu = config.cpu.min(online);
+                        }
+                        Some(view)
+                    }
+                    Err(e) => {
+                        tracing::debug!(%vm, "filesystem list unknown: {e}");
+                        None
+                    }
                 }
-                Some(view)
             }
             _ => None,
         };

@@ -11,9 +11,8 @@ use kube::api::{Api, AttachParams, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
-use wukong_api::{FilesystemSpec, FsType};
 use wukong_engine::{BackendError, VmRef};
-use wukong_planner::GuestDiskView;
+use wukong_guest::ExecOutput;
 
 use crate::backend::api_error;
 
@@ -142,13 +141,13 @@ impl Guest {
             .count() as u32)
     }
 
-    /// Runs `argv` in the guest (stdin `input`); fails unless it exits 0.
-    pub async fn run(
+    /// Runs `argv` in the guest (stdin `input`): exit code, stdout, stderr.
+    pub async fn exec(
         &self,
         vm: &VmRef,
         argv: &[&str],
         input: Option<&[u8]>,
-    ) -> Result<(i64, String), BackendError> {
+    ) -> Result<(i64, Vec<u8>, Vec<u8>), BackendError> {
         let mut args = json!({"path": argv[0], "arg": &argv[1..], "capture-output": true});
         if let Some(i) = input {
             args["input-data"] = json!(base64::engine::general_purpose::STANDARD.encode(i));
@@ -171,14 +170,13 @@ impl Guest {
                     st[k]
                         .as_str()
                         .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
                         .unwrap_or_default()
                 };
-                let code = st["exitcode"].as_i64().unwrap_or(-1);
-                return Ok((
-                    code,
-                    format!("{}{}", decode("out-data"), decode("err-data")),
-                ));
+                let code = st["exitcode"]
+                    .as_i64()
+                    .or(st["signal"].as_i64().map(|s| 128 + s))
+                    .unwrap_or(-1);
+                return Ok((code, decode("out-data"), decode("err-data")));
             }
             if Instant::now() > deadline {
                 return Err(BackendError::Timeout {
@@ -190,94 +188,59 @@ impl Guest {
         }
     }
 
-    async fn run_ok(
+    /// The guest-side operations of `vm`, through this cluster's agent path.
+    pub fn ops<'a>(&'a self, agent: &'a VmAgent<'a>) -> wukong_guest::Guest<'a, VmAgent<'a>> {
+        wukong_guest::Guest::new(agent, self.timeout, self.timeout)
+    }
+}
+
+/// One VM's guest agent, reached through its launcher pod.
+pub struct VmAgent<'a> {
+    /// The cluster's guest side.
+    pub guest: &'a Guest,
+    /// The VM.
+    pub vm: &'a VmRef,
+}
+
+impl wukong_guest::Transport for VmAgent<'_> {
+    async fn exec(
         &self,
-        vm: &VmRef,
         argv: &[&str],
         input: Option<&[u8]>,
-    ) -> Result<(), BackendError> {
-        match self.run(vm, argv, input).await? {
-            (0, _) => Ok(()),
-            (code, out) => Err(failed(format!(
-                "{} exited {code} in the guest: {}",
-                argv.join(" "),
-                out.trim()
-            ))),
-        }
+        _timeout: Duration,
+    ) -> Result<ExecOutput, BackendError> {
+        let (code, stdout, stderr) = self.guest.exec(self.vm, argv, input).await?;
+        Ok(ExecOutput {
+            code,
+            stdout,
+            stderr,
+        })
     }
 
-    /// Grows the last partition (if the filesystem sits in one) and the filesystem of a disk.
-    pub async fn grow_filesystem(
-        &self,
-        vm: &VmRef,
-        disk: &GuestDiskView,
-    ) -> Result<(), BackendError> {
-        let dev = format!(
-            "/dev/{}",
-            disk.device
-                .as_deref()
-                .ok_or_else(|| failed("the guest does not show the disk"))?
-        );
-        let mount = disk
-            .mount
-            .as_deref()
-            .ok_or_else(|| failed("the disk's filesystem is not mounted in the guest"))?;
-        let target = match &disk.partition {
-            Some(part) => {
-                let number = wukong_planner::guest::partition_number(part);
-                for c in wukong_planner::guest::grow_partition(&dev, &number) {
-                    let argv: Vec<&str> = c.argv.iter().map(String::as_str).collect();
-                    if c.checked {
-                        self.run_ok(vm, &argv, c.stdin).await?;
-                    } else {
-                        let _ = self.run(vm, &argv, c.stdin).await?;
-                    }
-                }
-                format!("/dev/{part}")
-            }
-            None => dev,
-        };
-        match disk.fs_type.as_deref() {
-            Some("ext2" | "ext3" | "ext4") => self.run_ok(vm, &["resize2fs", &target], None).await,
-            Some("xfs") => self.run_ok(vm, &["xfs_growfs", mount], None).await,
-            other => Err(failed(format!(
-                "cannot grow a {} filesystem online (ext4 and xfs can be)",
-                other.unwrap_or("unknown")
-            ))),
-        }
+    async fn vcpus(&self, _timeout: Duration) -> Result<Vec<(i64, bool)>, BackendError> {
+        let cpus = self
+            .guest
+            .agent(self.vm, &json!({"execute": "guest-get-vcpus"}))
+            .await?;
+        Ok(cpus
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| (c["logical-id"].as_i64().unwrap_or(-1), c["online"] == true))
+            .collect())
     }
 
-    /// Makes the filesystem on a blank disk (found by its serial) and mounts it.
-    pub async fn create_filesystem(
-        &self,
-        vm: &VmRef,
-        serial: &str,
-        fs: &FilesystemSpec,
-        disk: &GuestDiskView,
-    ) -> Result<(), BackendError> {
-        let dev = format!("/dev/disk/by-id/virtio-{serial}");
-        let kind = match fs.fs_type {
-            FsType::Ext4 => "ext4",
-            FsType::Xfs => "xfs",
-        };
-        if self.run(vm, &["blkid", &dev], None).await?.0 != 0 {
-            match fs.fs_type {
-                FsType::Ext4 => {
-                    self.run_ok(vm, &["mke2fs", "-t", "ext4", "-F", "-q", &dev], None)
-                        .await?
-                }
-                FsType::Xfs => {
-                    self.run_ok(vm, &["mkfs.xfs", "-f", "-q", &dev], None)
-                        .await?
-                }
-            }
-        }
-        if disk.mount.as_deref() != Some(fs.mount_path.as_str()) {
-            self.run_ok(vm, &["mkdir", "-p", &fs.mount_path], None)
-                .await?;
-            self.run_ok(vm, &["mount", "-t", kind, &dev, &fs.mount_path], None)
-                .await?;
-        }
-        Ok(())
+    async fn set_vcpus(&self, changes: &[(i64, bool)], _timeout: Duration) -> Result<(), BackendError> {
+        let vcpus: Vec<Value> = changes
+            .iter()
+            .map(|(id, online)| json!({"logical-id": id, "online": online}))
+            .collect();
+        self.guest
+            .agent(
+                self.vm,
+                &json!({"execute": "guest-set-vcpus", "arguments": {"vcpus": vcpus}}),
+            )
+            .await
+            .map(|_| ())
     }
 }

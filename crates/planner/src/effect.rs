@@ -22,6 +22,12 @@ pub fn apply(vm: &mut Observed, action: &Action) {
                 g.memory_total = (g.memory_total + to).saturating_sub(*from);
             }
         }
+        Action::OnlineMemory { bytes } => {
+            if let Some(g) = g {
+                g.memory_total += bytes;
+                g.memory_offline = 0;
+            }
+        }
         Action::GrowDisk { disk, to, .. } => {
             if let Some(d) = cfg.disks.iter_mut().find(|d| d.name == *disk) {
                 d.size = *to;
@@ -32,7 +38,7 @@ pub fn apply(vm: &mut Observed, action: &Action) {
         }
         Action::GrowFilesystem { disk, size } => {
             if let Some(d) = g.and_then(|g| g.disks.get_mut(disk)) {
-                d.filesystem_size = Some(*size);
+                d.filesystem_size = Some(size.saturating_sub(d.offset));
             }
         }
         Action::AttachDisk { disk } => {

@@ -6,7 +6,6 @@
 pub mod capabilities;
 pub mod document;
 pub mod effect;
-pub mod guest;
 pub mod observed;
 pub mod plan;
 pub mod verify;

@@ -48,6 +48,14 @@ pub struct GuestView {
     pub macs: Vec<String>,
     /// The guest's boot id.
     pub boot_id: Option<String>,
+    /// Memory plugged into the guest that it left offline (blocks Linux has not onlined),
+    /// bytes. Zero when the guest onlines what it gets.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_offline: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// One disk in the guest.
@@ -72,6 +80,26 @@ pub struct GuestDiskView {
     /// The mounted filesystem's type (`ext4`, `xfs`…), when mounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs_type: Option<String>,
+    /// Bytes of the disk before the partition that holds the filesystem: the filesystem can
+    /// fill at most `size - offset`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    /// The logical volume (device-mapper name) between the disk and the filesystem, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// Why the filesystem on this disk cannot be grown in the guest (a partition that is
+    /// not the last one, two candidate logical volumes, a filesystem type that cannot grow
+    /// online). The disk itself still grows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grow_blocked: Option<String>,
+}
+
+impl GuestDiskView {
+    /// Whether the filesystem fills what the disk offers it (its size past the offset).
+    pub fn filesystem_fills(&self, disk_size: u64) -> bool {
+        self.filesystem_size
+            .is_some_and(|fs| filesystem_fills(fs, disk_size.saturating_sub(self.offset)))
+    }
 }
 
 impl GuestView {
@@ -97,6 +125,7 @@ impl GuestView {
                 .collect(),
             macs: config.networks.iter().map(|n| n.mac.clone()).collect(),
             boot_id: None,
+            memory_offline: 0,
         }
     }
 }

@@ -14,7 +14,7 @@ use wukong_api::{
 };
 
 use crate::capabilities::{Capabilities, CpuRemoval, Support};
-use crate::observed::{Observed, filesystem_fills};
+use crate::observed::Observed;
 use crate::window::{RestartDecision, restart_decision};
 
 /// How a step is carried out.
@@ -69,6 +69,11 @@ pub enum Action {
         from: u64,
         /// Bytes after.
         to: u64,
+    },
+    /// Online memory the guest holds but left offline (plugged, never onlined).
+    OnlineMemory {
+        /// Bytes offline in the guest.
+        bytes: u64,
     },
     /// Shrink memory (bytes).
     ShrinkMemory {
@@ -163,6 +168,7 @@ impl Action {
             }
             Action::GrowMemory { .. }
             | Action::ShrinkMemory { .. }
+            | Action::OnlineMemory { .. }
             | Action::SetMaxMemory { .. } => "memory".into(),
             Action::GrowDisk { disk, .. }
             | Action::GrowFilesystem { disk, .. }
@@ -188,6 +194,7 @@ impl Action {
             | Action::SetMaxMemory { from, to }
             | Action::GrowDisk { from, to, .. } => format!("{} -> {}", q(from), q(to)),
             Action::GrowFilesystem { size, .. } => format!("fill {}", q(size)),
+            Action::OnlineMemory { bytes } => format!("online {}", q(bytes)),
             Action::AttachDisk { disk } => format!("attach {}", q(&disk.size)),
             Action::CreateFilesystem { filesystem, .. } => format!(
                 "{} at {}",
@@ -231,6 +238,10 @@ impl Action {
                 "shrink memory: {} -> {}",
                 human_bytes(*from),
                 human_bytes(*to)
+            ),
+            Action::OnlineMemory { bytes } => format!(
+                "online {} of memory the guest left offline",
+                human_bytes(*bytes)
             ),
             Action::GrowDisk { disk, from, to } => format!(
                 "grow disk {disk}: {} -> {}",
@@ -421,11 +432,16 @@ pub fn plan(
         let Some(h) = have.disk(&d.name) else {
             continue;
         };
+        let guest_disk = observed.guest.as_ref().and_then(|g| g.disks.get(&d.name));
         if d.size > h.size {
             let support = match caps.disk_grow_blocked.iter().find(|(n, _)| *n == d.name) {
                 Some((_, why)) => Support::restart(why.clone()),
                 None => caps.disk_grow.clone(),
             };
+            let reason = format!(
+                "resize the image while attached; its filesystem: {}",
+                filesystem_fate(guest_disk, h)
+            );
             b.push(
                 Action::GrowDisk {
                     disk: d.name.clone(),
@@ -433,15 +449,14 @@ pub fn plan(
                     to: d.size,
                 },
                 support,
-                "resize the image while attached",
+                &reason,
             );
         }
-        let guest_disk = observed.guest.as_ref().and_then(|g| g.disks.get(&d.name));
+        let blocked = guest_disk.is_some_and(|g| g.grow_blocked.is_some());
         let fs_lags = guest_disk
-            .and_then(|g| g.filesystem_size)
-            .is_some_and(|fs| !filesystem_fills(fs, d.size));
-        let has_fs =
-            h.filesystem.is_some() || guest_disk.is_some_and(|g| g.filesystem_size.is_some());
+            .is_some_and(|g| g.filesystem_size.is_some() && !g.filesystem_fills(d.size));
+        let has_fs = !blocked
+            && (h.filesystem.is_some() || guest_disk.is_some_and(|g| g.filesystem_size.is_some()));
         match (&d.filesystem, guest_disk) {
             // The guest shows no mounted filesystem where the spec wants one (a failed
             // format, a guest reboot): create it if the disk is blank, and mount it (which
@@ -566,6 +581,32 @@ pub fn plan(
     Ok(Plan { steps, restart })
 }
 
+/// What happens to the filesystem of a disk that grows, in words for the plan.
+fn filesystem_fate(guest: Option<&crate::GuestDiskView>, have: &DiskConfig) -> String {
+    match guest {
+        Some(g) if g.grow_blocked.is_some() => format!(
+            "left as it is ({})",
+            g.grow_blocked.as_deref().unwrap_or_default()
+        ),
+        Some(g) if g.filesystem_size.is_some() => format!(
+            "grown in the guest ({}{}{})",
+            g.fs_type.as_deref().unwrap_or("filesystem"),
+            g.mount
+                .as_deref()
+                .map(|m| format!(" at {m}"))
+                .unwrap_or_default(),
+            g.volume
+                .as_deref()
+                .map(|v| format!(", logical volume {v}"))
+                .unwrap_or_default()
+        ),
+        // A view from the guest itself always names the device.
+        Some(g) if g.device.is_some() => "none seen in the guest (raw disk)".into(),
+        _ if have.filesystem.is_some() => "grown in the guest".into(),
+        _ => "grown in the guest if it has one (the guest is not seen now)".into(),
+    }
+}
+
 fn take_slot(slots: &mut Option<u32>, running: bool) -> Support {
     match slots {
         Some(0) if running => Support::restart(
@@ -666,6 +707,14 @@ fn plan_memory(b: &mut Builder<'_>, desired: &VmConfig, observed: &Observed) {
                 human_bytes(min)
             )
         });
+    let offline = observed.guest.as_ref().map_or(0, |g| g.memory_offline);
+    if offline > 0 && b.running {
+        b.push(
+            Action::OnlineMemory { bytes: offline },
+            Support::Live,
+            "the guest holds memory it did not online: online it movable through the agent",
+        );
+    }
     use std::cmp::Ordering::*;
     match desired.memory.cmp(&have.memory) {
         Equal => {}

@@ -5,7 +5,7 @@
 //! (≥ 95 %). NIC: an interface with the MAC exists (and is gone after removal). Every live
 //! step also leaves the guest's boot id unchanged.
 
-use crate::observed::{GuestView, filesystem_fills};
+use crate::observed::GuestView;
 use crate::plan::Action;
 use wukong_api::quantity::{MIB, human_bytes};
 
@@ -47,6 +47,17 @@ pub fn verify(action: &Action, before: &GuestView, after: &GuestView) -> Result<
                 ))
             }
         }
+        Action::OnlineMemory { bytes } => {
+            if after.memory_offline == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the guest still has {} of memory offline (asked to online {})",
+                    human_bytes(after.memory_offline),
+                    human_bytes(*bytes)
+                ))
+            }
+        }
         Action::GrowDisk { disk: name, to, .. } => match disk(name) {
             Some(d) if d.size == *to => Ok(()),
             Some(d) => Err(format!(
@@ -61,14 +72,14 @@ pub fn verify(action: &Action, before: &GuestView, after: &GuestView) -> Result<
                 Action::GrowFilesystem { size, .. } => *size,
                 _ => disk(name).map_or(0, |d| d.size),
             };
-            match disk(name).and_then(|d| d.filesystem_size) {
-                Some(fs) if filesystem_fills(fs, size) => Ok(()),
-                Some(fs) => Err(format!(
+            match disk(name).map(|d| (d, d.filesystem_size)) {
+                Some((d, Some(_))) if d.filesystem_fills(size) => Ok(()),
+                Some((d, Some(fs))) => Err(format!(
                     "the filesystem on {name} is {}, it should fill {}",
                     human_bytes(fs),
-                    human_bytes(size)
+                    human_bytes(size.saturating_sub(d.offset))
                 )),
-                None => Err(format!("no mounted filesystem on disk {name} in the guest")),
+                _ => Err(format!("no mounted filesystem on disk {name} in the guest")),
             }
         }
         Action::AttachDisk { disk: d } => match disk(&d.name) {

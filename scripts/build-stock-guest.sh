@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds the stock Debian 12 test guest: debootstrap (minbase) with systemd, udev and
+# qemu-guest-agent, the current kernel installed in the chroot from bookworm-security, and a
+# disk laid out like Debian's cloud images (GPT: p14 BIOS boot and p15 EFI at the front, p1
+# root ext4 last). Nothing onlines hot-added CPUs or memory: no udev rules, no
+# memhp_default_state. Built without loop devices (sfdisk on a file, mke2fs -d, mkfs.vfat -C,
+# dd). Needs root (debootstrap, chroot), debootstrap, dosfstools, fdisk, e2fsprogs, qemu-utils.
+#
+# Usage: build-stock-guest.sh OUTDIR
+# Writes OUTDIR/vmlinux, OUTDIR/initrd.img, OUTDIR/disk.qcow2, OUTDIR/cmdline and
+# OUTDIR/inputs. Skips the build when OUTDIR/inputs records the same inputs.
+set -euo pipefail
+out=$1
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+packages=systemd-sysv,udev,qemu-guest-agent,e2fsprogs,xfsprogs,lvm2,cloud-guest-utils,util-linux,fdisk,iproute2,procps,initramfs-tools
+kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+[ -n "$kpkg" ] || { echo "cannot resolve linux-image-amd64 (run 'apt-get update' first)" >&2; exit 1; }
+kver=${kpkg#linux-image-}
+kdeb=$(apt-cache policy "$kpkg" | awk '/Candidate:/ { print $2; exit }')
+inputs=$(printf '%s\n' "$kpkg $kdeb" "$packages" "$(sha256sum "$0" | awk '{ print $1 }')")
+if [ -f "$out/inputs" ] && [ "$(cat "$out/inputs")" = "$inputs" ] \
+    && [ -f "$out/vmlinux" ] && [ -f "$out/initrd.img" ] && [ -f "$out/disk.qcow2" ]; then
+    echo "stock guest up to date in $out"
+    exit 0
+fi
+
+uri=$(debian_uri | head -n1)
+[ -n "$uri" ] || { echo "no Debian bookworm apt source configured" >&2; exit 1; }
+security=$(for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && awk 'BEGIN{RS=""} /Suites:[^\n]*bookworm-security/ {
+        for (i = 1; i <= NF; i++) if ($i == "URIs:") { print $(i+1); exit } }' "$f"
+done | head -n1)
+[ -n "$security" ] || security=${uri%/debian}/debian-security
+
+work=$(mktemp -d /var/tmp/wukong-stock.XXXXXX)
+root=$work/root
+cleanup() {
+    for m in dev/pts dev sys proc; do
+        mountpoint -q "$root/$m" 2>/dev/null && umount -l "$root/$m"
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+t0=$SECONDS
+debootstrap --variant=minbase --include="$packages" bookworm "$root" "$uri" >"$work/debootstrap.log" 2>&1 || {
+    tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
+echo "debootstrap: $((SECONDS - t0)) s"
+
+cat >"$root/etc/apt/sources.list" <<EOF
+deb $uri bookworm main
+deb $uri bookworm-updates main
+deb $security bookworm-security main
+EOF
+mount -t proc proc "$root/proc"
+mount -t sysfs sys "$root/sys"
+mount --bind /dev "$root/dev"
+mount --bind /dev/pts "$root/dev/pts"
+t1=$SECONDS
+chroot "$root" env DEBIAN_FRONTEND=noninteractive sh -c \
+    "apt-get update -qq && apt-get install -y -qq --no-install-recommends $kpkg >/dev/null && apt-get clean" \
+    >"$work/kernel.log" 2>&1 || { tail -n 30 "$work/kernel.log" >&2; exit 1; }
+for m in dev/pts dev sys proc; do umount "$root/$m"; done
+rm -rf "$root"/var/lib/apt/lists/*
+echo "kernel $kpkg: $((SECONDS - t1)) s"
+
+# A guest as its image would come: a hostname, the root filesystem by label, nothing else.
+echo stock >"$root/etc/hostname"
+printf 'LABEL=root / ext4 defaults 0 1\n' >"$root/etc/fstab"
+: >"$root/etc/machine-id"
+
+mkdir -p "$out"
+cp "$root/boot/initrd.img-$kver" "$work/initrd.img"
+bz="$root/boot/vmlinuz-$kver"
+offset=$(grep -abo $'\xfd7zXZ\x00' "$bz" | head -n1 | cut -d: -f1)
+tail -c +$((offset + 1)) "$bz" | xz -dc 2>/dev/null >"$work/vmlinux" || true
+[ -s "$work/vmlinux" ] || { echo "could not extract vmlinux from $bz" >&2; exit 1; }
+rm -rf "$root/boot"/*
+
+# The cloud-image layout: p14 (BIOS boot) and p15 (EFI) first, p1 (root) last.
+disk_mib=2048 root_start=262144
+truncate -s "${disk_mib}M" "$work/disk.raw"
+sfdisk -q "$work/disk.raw" <<EOF
+label: gpt
+disk.raw14 : start=2048, size=6144, type=21686148-6449-6E6F-744E-656564454649
+disk.raw15 : start=8192, size=253952, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
+disk.raw1 : start=$root_start, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4
+EOF
+root_sectors=$(sfdisk -l -o Device,Sectors "$work/disk.raw" | awk '$1 ~ /raw1$/ { print $2 }')
+mkfs.vfat -n EFI -C "$work/esp.img" $((253952 / 2)) >/dev/null
+dd if="$work/esp.img" of="$work/disk.raw" bs=512 seek=8192 conv=notrunc,sparse status=none
+mke2fs -q -t ext4 -L root -d "$root" "$work/root.img" $((root_sectors / 2))k
+dd if="$work/root.img" of="$work/disk.raw" bs=1M oflag=seek_bytes seek=$((root_start * 512)) conv=notrunc,sparse status=none
+qemu-img convert -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
+
+mv "$work/vmlinux" "$work/initrd.img" "$work/disk.qcow2" "$out/"
+echo "root=LABEL=root ro console=ttyS0" >"$out/cmdline"
+echo "$inputs" >"$out/inputs"
+echo "stock guest built in $out in $((SECONDS - t0)) s ($kpkg, ${disk_mib} MiB disk)"

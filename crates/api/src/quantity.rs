@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// Pattern every quantity in the Wukong schema must match (mirrored in the CRD).
 pub const QUANTITY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+/// The longest quantity text accepted (a bound the CRD's CEL cost estimate needs too).
+pub const QUANTITY_MAX_LENGTH: usize = 32;
 
 /// One binary unit of memory alignment: virtio-mem and KubeVirt both work in 2 MiB blocks.
 pub const MEMORY_ALIGNMENT: u64 = 2 * MIB;
@@ -35,6 +37,9 @@ pub enum QuantityError {
     /// The value has a fractional number of bytes.
     #[error("'{0}' is not a whole number of bytes")]
     FractionalBytes(String),
+    /// The text is longer than a quantity can be.
+    #[error("is longer than {0} characters")]
+    TooLong(usize),
     /// The value does not fit in 64 bits.
     #[error("'{0}' is too large")]
     TooLarge(String),
@@ -59,6 +64,7 @@ impl JsonSchema for Quantity {
         schemars::json_schema!({
             "type": "string",
             "pattern": QUANTITY_PATTERN,
+            "maxLength": QUANTITY_MAX_LENGTH,
             "description": "A byte quantity: digits with an optional fraction and unit (Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E), e.g. 512Mi or 20Gi.",
         })
     }
@@ -99,6 +105,9 @@ pub fn parse_bytes(text: &str) -> Result<u64, QuantityError> {
     let s = text.trim();
     if s.is_empty() {
         return Err(QuantityError::Empty);
+    }
+    if text.len() > QUANTITY_MAX_LENGTH {
+        return Err(QuantityError::TooLong(QUANTITY_MAX_LENGTH));
     }
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -28,6 +28,12 @@ pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 pub const MAX_DISK_NAME: usize = 20;
 /// Network names are DNS labels.
 pub const MAX_NETWORK_NAME: usize = 63;
+/// At most this many disks per VM (bounds the CRD's list rules, and the PCIe ports).
+pub const MAX_DISKS: usize = 16;
+/// At most this many network interfaces per VM.
+pub const MAX_NETWORKS: usize = 8;
+/// The smallest disk an xfs filesystem is made on (mkfs.xfs refuses under 300 MB).
+pub const MIN_XFS_DISK: u64 = 300 << 20;
 
 /// Desired state of one VM: what it should have, not what it has.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -82,10 +88,10 @@ pub struct WukongSpec {
     ]))]
     pub max_memory: Option<Quantity>,
 
-    /// Disks, keyed by name. A given list is the whole list: a disk left out is detached (its
-    /// image is kept). The boot disk can never be detached.
+    /// Disks, keyed by name (at most 16). A given list is the whole list: a disk left out is
+    /// detached (its image is kept). The boot disk can never be detached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend(
+    #[schemars(length(max = 16), extend(
         "x-kubernetes-list-type" = "map",
         "x-kubernetes-list-map-keys" = ["name"],
         "x-kubernetes-validations" = [
@@ -97,9 +103,12 @@ pub struct WukongSpec {
     ))]
     pub disks: Option<Vec<DiskSpec>>,
 
-    /// Network interfaces, keyed by name. `networks: []` removes every NIC.
+    /// Network interfaces, keyed by name (at most 8). `networks: []` removes every NIC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(
+        length(max = 8),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub networks: Option<Vec<NetworkSpec>>,
 
     /// Whether the VM should run (as KubeVirt's runStrategy). Default `Always`.
@@ -258,6 +267,7 @@ pub struct NetworkSpec {
 
     /// MAC address, six lowercase hex pairs. Unset: a stable one derived from VM and NIC name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 17))]
     pub mac: Option<String>,
 
     /// NIC model. Default `virtio`.

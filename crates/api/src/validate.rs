@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::quantity::{DISK_ALIGNMENT, MEMORY_ALIGNMENT, Quantity};
 use crate::types::{
-    BackendKind, MAX_DISK_NAME, MAX_NETWORK_NAME, MaintenanceWindow, RestartPolicy, WukongSpec,
+    BackendKind, MAX_DISK_NAME, MAX_DISKS, MAX_NETWORK_NAME, MAX_NETWORKS, MIN_XFS_DISK,
+    MaintenanceWindow, RestartPolicy, WukongSpec,
 };
 
 /// Whether an error means "this input is malformed" or "this change is not allowed".
@@ -181,6 +182,12 @@ pub fn validate_spec(spec: &WukongSpec) -> Result<(), FieldErrors> {
     }
 
     if let Some(disks) = &spec.disks {
+        if disks.len() > MAX_DISKS {
+            errors.push(FieldError::invalid(
+                "spec.disks",
+                format!("at most {MAX_DISKS} disks, found {}", disks.len()),
+            ));
+        }
         let mut names = BTreeSet::new();
         let mut boots = Vec::new();
         for (i, d) in disks.iter().enumerate() {
@@ -217,6 +224,18 @@ pub fn validate_spec(spec: &WukongSpec) -> Result<(), FieldErrors> {
                 ));
             }
             if let Some(fs) = &d.filesystem
+                && fs.fs_type == crate::types::FsType::Xfs
+                && d.size.bytes().is_ok_and(|b| b < MIN_XFS_DISK)
+            {
+                errors.push(FieldError::invalid(
+                    format!("{at}.size"),
+                    format!(
+                        "{} is too small for xfs: mkfs.xfs refuses filesystems under 300 MB (give at least 300Mi)",
+                        d.size.as_str()
+                    ),
+                ));
+            }
+            if let Some(fs) = &d.filesystem
                 && (!fs.mount_path.starts_with('/') || fs.mount_path.contains('\0'))
             {
                 errors.push(FieldError::invalid(
@@ -237,6 +256,12 @@ pub fn validate_spec(spec: &WukongSpec) -> Result<(), FieldErrors> {
     }
 
     if let Some(nets) = &spec.networks {
+        if nets.len() > MAX_NETWORKS {
+            errors.push(FieldError::invalid(
+                "spec.networks",
+                format!("at most {MAX_NETWORKS} networks, found {}", nets.len()),
+            ));
+        }
         let mut names = BTreeSet::new();
         for (i, n) in nets.iter().enumerate() {
             let at = format!("spec.networks[{i}]");

@@ -5,32 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, doc};
+use common::{Daemon, doc, fs_bytes, guest_dev};
 
 const MIB: u64 = 1 << 20;
-
-/// The guest device (vdX) whose serial is `disk`.
-fn dev(d: &Daemon, vm: &str, disk: &str) -> String {
-    let out = d.sh(
-        vm,
-        "for b in /sys/block/*; do [ -f $b/serial ] && echo \"$(cat $b/serial) ${b##*/}\"; done",
-    );
-    out.lines()
-        .filter_map(|l| l.split_once(' '))
-        .find(|(s, _)| *s == disk)
-        .map(|(_, dev)| dev.to_string())
-        .unwrap_or_else(|| panic!("no disk {disk} in the guest: {out}"))
-}
-
-fn fs_kib(d: &Daemon, vm: &str, mount: &str) -> u64 {
-    let out = d.exec(vm, &["df", "-k", mount]);
-    out.lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 /// QEMU's own view, through HMP (`info network`, `info qtree`…).
 fn hmp(d: &Daemon, vm: &str, command: &str) -> String {
@@ -64,7 +41,7 @@ fn a_disk_grows_with_its_filesystem_live_after_a_snapshot_and_data_reads_back() 
     );
     assert_eq!(d.disk_bytes("g1", "data"), Some(1024 * MIB));
     assert!(
-        fs_kib(&d, "g1", "/data") * 1024 > 900 * MIB,
+        (fs_bytes(&d, "g1", "/data") / 1024) * 1024 > 900 * MIB,
         "filesystem fills the disk"
     );
     assert_eq!(
@@ -89,7 +66,7 @@ fn a_disk_grows_with_its_filesystem_live_after_a_snapshot_and_data_reads_back() 
 fn a_partitioned_disk_grows_its_last_partition_and_filesystem() {
     let d = Daemon::start(&[]);
     d.apply(&doc("g2", "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n  - {name: part, size: 256Mi}\n"));
-    let v = dev(&d, "g2", "part");
+    let v = guest_dev(&d, "g2", "part");
     d.sh("g2", &format!("printf 'label: gpt\\n,,L\\n' | sfdisk -q /dev/{v} && partx -a /dev/{v} 2>/dev/null; /sbin/mke2fs -q -t ext4 /dev/{v}1 && mkdir -p /part && mount /dev/{v}1 /part && dd if=/dev/urandom of=/part/blob bs=1M count=8 2>/dev/null && sync"));
     let sum = d.exec("g2", &["md5sum", "/part/blob"]);
     let boot = d.boot_id("g2");
@@ -108,7 +85,7 @@ fn a_partitioned_disk_grows_its_last_partition_and_filesystem() {
         .unwrap()
         * 512;
     assert!(part_bytes > 760 * MIB, "partition grown: {part_bytes}");
-    assert!(fs_kib(&d, "g2", "/part") * 1024 > 700 * MIB);
+    assert!((fs_bytes(&d, "g2", "/part") / 1024) * 1024 > 700 * MIB);
     assert_eq!(d.exec("g2", &["md5sum", "/part/blob"]), sum);
     let verify = d.exec("g2", &["sfdisk", "--verify", &format!("/dev/{v}")]);
     assert!(verify.contains("No errors detected"), "{verify}");
@@ -319,4 +296,54 @@ fn rollback_returns_to_the_last_converged_spec_and_disks_stay_grown() {
     assert_eq!(disks.len(), 2, "the failed disk is gone from the spec");
     assert_eq!(disks[1]["size"], "256Mi");
     assert_eq!(d.disk_bytes("rb", "data"), Some(256 * MIB));
+}
+
+#[test]
+fn a_failing_filesystem_grow_holds_back_nothing_else() {
+    let d = Daemon::start(&[]);
+    let spec = |cpu: u32, memory: &str, data: &str, nic: bool| {
+        let mut s = format!(
+            "  cpu: {cpu}\n  memory: {memory}\n  maxCpu: 4\n  maxMemory: 1Gi\n  disks:\n  - {{name: system, size: 128Mi}}\n  - {{name: data, size: {data}, filesystem: {{type: ext4, mountPath: /data}}}}\n  networks:\n  - {{name: default, user: {{}}}}\n"
+        );
+        if nic {
+            s += "  - {name: extra, user: {}, mac: '52:54:00:12:34:55'}\n";
+        }
+        doc("f1", &s)
+    };
+    d.apply(&spec(1, "512Mi", "256Mi", false));
+    let boot = d.boot_id("f1");
+    // The guest's resize tool now exits non-zero.
+    d.sh(
+        "f1",
+        "printf '#!/bin/sh\\nexit 1\\n' > /tmp/fail && chmod +x /tmp/fail && mount --bind /tmp/fail /sbin/resize2fs",
+    );
+    let fs_before = fs_bytes(&d, "f1", "/data");
+    let out = d.wk_in(&["apply", "-f", "-"], &spec(2, "512Mi", "384Mi", true));
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    // The vCPU, the block device and the NIC changed; only the filesystem did not.
+    assert_eq!(d.online_cpus("f1"), 2, "{text}");
+    assert_eq!(d.disk_bytes("f1", "data"), Some(384 * MIB));
+    assert!(
+        d.sh("f1", "cat /sys/class/net/*/address")
+            .contains("52:54:00:12:34:55")
+    );
+    assert_eq!(fs_bytes(&d, "f1", "/data"), fs_before);
+    let (degraded, why) = d.condition("f1", "Degraded").unwrap();
+    assert_eq!(degraded, "True");
+    assert!(why.contains("filesystem on data"), "{why}");
+    // An unrelated change is not held behind the failing step.
+    let kib = d.mem_total_kib("f1");
+    let out = d.wk_in(&["apply", "-f", "-"], &spec(2, "1Gi", "384Mi", true));
+    assert!(!out.status.success(), "the filesystem still cannot grow");
+    assert!(
+        d.mem_total_kib("f1") >= kib + 384 * 1024,
+        "memory grew anyway"
+    );
+    // Once the tool works again, the filesystem catches up.
+    d.exec("f1", &["umount", "/sbin/resize2fs"]);
+    d.apply(&spec(2, "1Gi", "384Mi", true));
+    assert!(fs_bytes(&d, "f1", "/data") > fs_before + 100 * MIB);
+    assert_eq!(d.boot_id("f1"), boot);
 }

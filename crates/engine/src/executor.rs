@@ -211,9 +211,13 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                 let index = report.steps.len() + 1;
                 if failed.contains(&step.action.resource()) {
                     let error = "not run: an earlier step of the same resource failed".to_string();
-                    report
-                        .steps
-                        .push((step, StepOutcome::Failed { error, undone: false }));
+                    report.steps.push((
+                        step,
+                        StepOutcome::Failed {
+                            error,
+                            undone: false,
+                        },
+                    ));
                     continue;
                 }
                 self.tell(

@@ -748,7 +748,9 @@ impl Sim {
                 continue;
             };
             let g = self.guests.lock().expect("guests");
-            let Some(disk) = g.disks.get(&k) else { continue };
+            let Some(disk) = g.disks.get(&k) else {
+                continue;
+            };
             let serial = d["serial"].as_str().or(d["name"].as_str()).unwrap_or("-");
             out += &format!("disk {dev} {} {serial}\n", disk.size / 512);
             if let Some(Fs {
@@ -767,7 +769,11 @@ impl Sim {
     fn guest_run(&self, ns: &str, vmi: &Value, argv: &[String]) -> (i64, String, String) {
         // `timeout -s KILL SECS prog args…` runs prog (nothing here takes that long).
         if argv.first().map(String::as_str) == Some("timeout") {
-            let skip = if argv.get(1).map(String::as_str) == Some("-s") { 4 } else { 2 };
+            let skip = if argv.get(1).map(String::as_str) == Some("-s") {
+                4
+            } else {
+                2
+            };
             return self.guest_run(ns, vmi, argv.get(skip..).unwrap_or_default());
         }
         let arg = |i: usize| argv.get(i).map(String::as_str).unwrap_or_default();

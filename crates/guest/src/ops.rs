@@ -230,7 +230,11 @@ impl<'a, T: Transport> Guest<'a, T> {
             )));
         }
         let id = self
-            .run(&["/sbin/blkid", "-p", "-o", "export", dev], None, self.timeout)
+            .run(
+                &["/sbin/blkid", "-p", "-o", "export", dev],
+                None,
+                self.timeout,
+            )
             .await?;
         Ok(match id.code {
             2 => Blank::Blank,
@@ -272,7 +276,8 @@ impl<'a, T: Transport> Guest<'a, T> {
 
     /// Mounts `dev` (of type `fs`) at `path`.
     pub async fn mount(&self, dev: &str, fs: FsType, path: &str) -> Result<(), BackendError> {
-        self.run_ok(&["mkdir", "-p", path], None, self.timeout).await?;
+        self.run_ok(&["mkdir", "-p", path], None, self.timeout)
+            .await?;
         self.run_ok(&["mount", "-t", fs_name(fs), dev, path], None, self.timeout)
             .await?;
         Ok(())

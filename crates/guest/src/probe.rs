@@ -148,7 +148,8 @@ fn unescape(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or(""), 8)
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or(""), 8)
         {
             out.push(v);
             i += 4;
@@ -234,13 +235,21 @@ nic ens3 52:54:00:AA:00:01\n";
         assert_eq!(p.memory_blocks, (8, 2, 128 << 20));
         assert_eq!(p.auto_online.as_deref(), Some("offline"));
         assert_eq!(p.storage.partitions.len(), 3);
-        assert_eq!(p.storage.mounts.len(), 2, "a second mount of vda1 is not counted");
+        assert_eq!(
+            p.storage.mounts.len(),
+            2,
+            "a second mount of vda1 is not counted"
+        );
         assert_eq!(p.storage.mappers[0].slaves, vec!["vdb"]);
         assert!(p.storage.mappers[0].lvm && !p.storage.mappers[1].lvm);
         let v = p.view();
         assert_eq!(v.memory_offline, 256 << 20);
         let sys = &v.disks["system"];
-        assert_eq!(sys.partition.as_deref(), Some("vda1"), "p1 lies last though numbered first");
+        assert_eq!(
+            sys.partition.as_deref(),
+            Some("vda1"),
+            "p1 lies last though numbered first"
+        );
         assert_eq!(sys.mount.as_deref(), Some("/"));
         assert_eq!(sys.offset, 262144 * 512);
         assert_eq!(v.macs, vec!["52:54:00:aa:00:01"]);

@@ -245,9 +245,21 @@ impl Stack {
         {
             let n = p.number.to_string();
             // Fails harmlessly on an MBR disk.
-            out.push(cmd(&["sfdisk", "--relocate", "gpt-bak-std", &disk], None, false));
             out.push(cmd(
-                &["sfdisk", "--no-reread", "--no-tell-kernel", "-q", "-N", &n, &disk],
+                &["sfdisk", "--relocate", "gpt-bak-std", &disk],
+                None,
+                false,
+            ));
+            out.push(cmd(
+                &[
+                    "sfdisk",
+                    "--no-reread",
+                    "--no-tell-kernel",
+                    "-q",
+                    "-N",
+                    &n,
+                    &disk,
+                ],
                 Some(b", +\n"),
                 true,
             ));
@@ -258,7 +270,12 @@ impl Stack {
             if let Some(lv) = &self.volume {
                 // Exits non-zero when no extent is free: the filesystem check then says so.
                 out.push(cmd(
-                    &["lvextend", "-l", "+100%FREE", &format!("/dev/mapper/{}", lv.dm_name)],
+                    &[
+                        "lvextend",
+                        "-l",
+                        "+100%FREE",
+                        &format!("/dev/mapper/{}", lv.dm_name),
+                    ],
                     None,
                     false,
                 ));
@@ -269,7 +286,11 @@ impl Stack {
             out.push(match fs.fs_type.as_str() {
                 "ext2" | "ext3" | "ext4" => cmd(&["/sbin/resize2fs", &dev], None, true),
                 "xfs" => cmd(&["xfs_growfs", &fs.path], None, true),
-                "btrfs" => cmd(&["btrfs", "filesystem", "resize", "max", &fs.path], None, true),
+                "btrfs" => cmd(
+                    &["btrfs", "filesystem", "resize", "max", &fs.path],
+                    None,
+                    true,
+                ),
                 other => return Err(format!("cannot grow a {other} filesystem online")),
             });
         }
@@ -328,7 +349,10 @@ mod tests {
                 part("vda", 15, 8192, 253952),
             ],
             mappers: vec![],
-            mounts: vec![mount("vda1", "/", "ext4"), mount("vda15", "/boot/efi", "vfat")],
+            mounts: vec![
+                mount("vda1", "/", "ext4"),
+                mount("vda15", "/boot/efi", "vfat"),
+            ],
         }
     }
 
@@ -340,7 +364,12 @@ mod tests {
         let c = s.grow_commands().unwrap();
         assert_eq!(
             argv0(&c),
-            ["sfdisk --relocate", "sfdisk --no-reread", "partx -u", "/sbin/resize2fs /dev/vda1"]
+            [
+                "sfdisk --relocate",
+                "sfdisk --no-reread",
+                "partx -u",
+                "/sbin/resize2fs /dev/vda1"
+            ]
         );
         assert_eq!(c[1].argv[5], "1");
         assert_eq!(c[1].argv[6], "/dev/vda");
@@ -348,7 +377,10 @@ mod tests {
 
     #[test]
     fn a_partition_that_already_fills_the_disk_is_left_alone() {
-        let c = cloud(262144 + 3932127 + 34).stack("vda").grow_commands().unwrap();
+        let c = cloud(262144 + 3932127 + 34)
+            .stack("vda")
+            .grow_commands()
+            .unwrap();
         assert_eq!(argv0(&c), ["/sbin/resize2fs /dev/vda1"]);
     }
 
@@ -358,7 +390,10 @@ mod tests {
         st.mounts.retain(|m| m.device != "vda1");
         let s = st.stack("vda");
         let why = s.grow_commands().unwrap_err();
-        assert!(why.contains("vda15") && why.contains("vda1 lies after it"), "{why}");
+        assert!(
+            why.contains("vda15") && why.contains("vda1 lies after it"),
+            "{why}"
+        );
         assert!(s.filesystem.is_none());
     }
 
@@ -373,7 +408,10 @@ mod tests {
         let s = st.stack("vdb");
         assert_eq!(s.physical_volume.as_deref(), Some("vdb"));
         let c = s.grow_commands().unwrap();
-        assert_eq!(argv0(&c), ["pvresize /dev/vdb", "lvextend -l", "xfs_growfs /srv"]);
+        assert_eq!(
+            argv0(&c),
+            ["pvresize /dev/vdb", "lvextend -l", "xfs_growfs /srv"]
+        );
         assert_eq!(c[1].argv[3], "/dev/mapper/data-lv");
     }
 
@@ -388,7 +426,14 @@ mod tests {
         let c = st.stack("vdc").grow_commands().unwrap();
         assert_eq!(
             argv0(&c),
-            ["sfdisk --relocate", "sfdisk --no-reread", "partx -u", "pvresize /dev/vdc1", "lvextend -l", "/sbin/resize2fs /dev/dm-0"]
+            [
+                "sfdisk --relocate",
+                "sfdisk --no-reread",
+                "partx -u",
+                "pvresize /dev/vdc1",
+                "lvextend -l",
+                "/sbin/resize2fs /dev/dm-0"
+            ]
         );
         st.mappers.push(lv("dm-1", "vg-b", "vdc1"));
         st.mounts.push(mount("dm-1", "/b", "ext4"));

@@ -296,7 +296,11 @@ impl LocalBackend {
             return Ok(());
         };
         let name = disk.name.clone();
-        self.guest(vm).await?.ops().ensure_filesystem(&name, &fs).await
+        self.guest(vm)
+            .await?
+            .ops()
+            .ensure_filesystem(&name, &fs)
+            .await
     }
 
     async fn free_port(&self, vm: &VmRef, device: &str) -> Result<String, BackendError> {
@@ -488,39 +492,36 @@ impl LocalBackend {
         let total = from.abs_diff(requested);
         // QEMU rate-limits the size-change event (one a second): it feeds progress, while the
         // device's size is polled for completion.
-        let wait = async {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            loop {
-                tokio::select! {
-                    ev = events.recv() => match ev {
-                        Ok(qmp::Event::MEMORY_DEVICE_SIZE_CHANGE { data, .. }) => {
-                            progress.progress(from.abs_diff(data.size), total, "memory (un)plugged by the guest");
-                        }
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => {
-                            return Err(BackendError::Unreachable("QMP closed".into()));
-                        }
-                    },
-                    _ = tick.tick() => {
-                        let size = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
-                        if size == requested {
-                            progress.progress(total, total, "memory (un)plugged by the guest");
-                            return Ok(());
-                        }
+        // The deadline is checked between QMP commands, never by cancelling one in flight (the
+        // monitor client does not survive a command dropped mid-way).
+        let deadline = tokio::time::Instant::now() + self.options.timeouts.memory;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(qmp::Event::MEMORY_DEVICE_SIZE_CHANGE { data, .. }) => {
+                        progress.progress(from.abs_diff(data.size), total, "memory (un)plugged by the guest");
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(BackendError::Unreachable("QMP closed".into()));
+                    }
+                },
+                _ = tick.tick() => {
+                    let size = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
+                    if size == requested {
+                        progress.progress(total, total, "memory (un)plugged by the guest");
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(failed(format!(
+                            "the guest did not take the memory: requested {} MiB of hot-plug memory, plugged {} MiB after {:?} (is virtio_mem loaded and memory onlined?)",
+                            requested >> 20,
+                            size >> 20,
+                            self.options.timeouts.memory
+                        )));
                     }
                 }
-            }
-        };
-        match tokio::time::timeout(self.options.timeouts.memory, wait).await {
-            Ok(r) => r,
-            Err(_) => {
-                let now = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
-                Err(failed(format!(
-                    "the guest did not take the memory: requested {} MiB of hot-plug memory, plugged {} MiB after {:?} (is virtio_mem loaded and memory onlined?)",
-                    requested >> 20,
-                    now >> 20,
-                    self.options.timeouts.memory
-                )))
             }
         }
     }
@@ -895,9 +896,7 @@ impl Backend for LocalBackend {
                     }
                 })?;
             }
-            Action::GrowFilesystem { disk, .. } => {
-                self.guest(vm).await?.ops().grow(disk).await?
-            }
+            Action::GrowFilesystem { disk, .. } => self.guest(vm).await?.ops().grow(disk).await?,
             Action::CreateFilesystem { disk, .. } => {
                 let d = desired
                     .disk(disk)
@@ -907,7 +906,11 @@ impl Backend for LocalBackend {
             }
             Action::OnlineMemory { .. } => {
                 let n = self.guest(vm).await?.ops().online_memory_blocks().await?;
-                progress.progress(n as u64, n as u64, "memory blocks onlined through the agent");
+                progress.progress(
+                    n as u64,
+                    n as u64,
+                    "memory blocks onlined through the agent",
+                );
             }
             Action::AttachDisk { disk } => self.attach_disk(vm, disk).await?,
             Action::DetachDisk { disk } => {

@@ -232,7 +232,11 @@ impl wukong_guest::Transport for Qga {
         Qga::vcpus(self, timeout).await
     }
 
-    async fn set_vcpus(&self, changes: &[(i64, bool)], timeout: Duration) -> Result<(), BackendError> {
+    async fn set_vcpus(
+        &self,
+        changes: &[(i64, bool)],
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
         Qga::set_vcpus(self, changes, timeout).await.map(|_| ())
     }
 }

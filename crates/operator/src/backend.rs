@@ -322,7 +322,9 @@ impl KubevirtBackend {
         match action {
             Action::GrowFilesystem { disk, .. } => ops.grow(disk).await,
             Action::CreateFilesystem { disk, filesystem } => {
-                let serial = desired.disk(disk).map_or(disk.as_str(), |d| d.name.as_str());
+                let serial = desired
+                    .disk(disk)
+                    .map_or(disk.as_str(), |d| d.name.as_str());
                 ops.ensure_filesystem(serial, filesystem).await
             }
             Action::OnlineMemory { .. } => ops.online_memory_blocks().await.map(|_| ()),
@@ -650,9 +652,9 @@ impl Backend for KubevirtBackend {
                 match self.guest.filesystems(vm).await {
                     Ok(filesystems) => {
                         let mut view = guest_view(v, &filesystems);
-                // While a vCPU step is verified, ask the guest itself how many are online:
-                // KubeVirt reports the domain's vCPUs, not whether the guest onlined them.
-                // A guest that left vCPUs offline has only those it onlined.
+                        // While a vCPU step is verified, ask the guest itself how many are online:
+                        // KubeVirt reports the domain's vCPUs, not whether the guest onlined them.
+                        // A guest that left vCPUs offline has only those it onlined.
                         if self.counting.lock().expect("counting").contains(vm)
                             && let Ok(online) = self.guest.online_vcpus(vm).await
                         {

@@ -230,7 +230,11 @@ impl wukong_guest::Transport for VmAgent<'_> {
             .collect())
     }
 
-    async fn set_vcpus(&self, changes: &[(i64, bool)], _timeout: Duration) -> Result<(), BackendError> {
+    async fn set_vcpus(
+        &self,
+        changes: &[(i64, bool)],
+        _timeout: Duration,
+    ) -> Result<(), BackendError> {
         let vcpus: Vec<Value> = changes
             .iter()
             .map(|(id, online)| json!({"logical-id": id, "online": online}))

@@ -84,6 +84,7 @@ fn rbac_grants_exactly_what_the_operator_uses() {
         "/persistentvolumeclaims:delete",
         "/pods:get",
         "/pods:list",
+        "/pods/exec:get",
         "/pods/exec:create",
         "storage.k8s.io/storageclasses:get",
         "storage.k8s.io/storageclasses:list",

@@ -453,8 +453,8 @@ pub fn plan(
             );
         }
         let blocked = guest_disk.is_some_and(|g| g.grow_blocked.is_some());
-        let fs_lags = guest_disk
-            .is_some_and(|g| g.filesystem_size.is_some() && !g.filesystem_fills(d.size));
+        let fs_lags =
+            guest_disk.is_some_and(|g| g.filesystem_size.is_some() && !g.filesystem_fills(d.size));
         let has_fs = !blocked
             && (h.filesystem.is_some() || guest_disk.is_some_and(|g| g.filesystem_size.is_some()));
         match (&d.filesystem, guest_disk) {

@@ -300,3 +300,80 @@ pub fn alive(pid: i32) -> bool {
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// The stock Debian 12 test guest (`scripts/build-stock-guest.sh`: debootstrap, systemd, udev,
+/// qemu-guest-agent, the cloud-image disk layout), built once and cached like the default
+/// image (WUKONG_STOCK_IMAGE_DIR, else under the target dir). A failed build fails the test
+/// with what to install; it is never skipped.
+pub struct StockImage {
+    pub dir: PathBuf,
+}
+
+impl StockImage {
+    pub fn disk(&self) -> String {
+        self.dir.join("disk.qcow2").display().to_string()
+    }
+
+    /// `wukong serve` flags that boot it.
+    pub fn serve_args(&self) -> Vec<String> {
+        let cmdline = std::fs::read_to_string(self.dir.join("cmdline")).unwrap();
+        vec![
+            "--kernel".into(),
+            self.dir.join("vmlinux").display().to_string(),
+            "--initrd".into(),
+            self.dir.join("initrd.img").display().to_string(),
+            "--cmdline".into(),
+            cmdline.trim().to_string(),
+        ]
+    }
+}
+
+pub fn stock_image() -> StockImage {
+    prerequisites();
+    let dir = std::env::var_os("WUKONG_STOCK_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stock-guest"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-stock-guest.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the stock guest build failed (it needs root, debootstrap, dosfstools, fdisk: `bash scripts/setup.sh` installs them):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(lock);
+    StockImage { dir }
+}
+
+/// The guest device (vdX) whose serial is `disk`.
+pub fn guest_dev(d: &Daemon, vm: &str, disk: &str) -> String {
+    let out = d.sh(
+        vm,
+        "for b in /sys/block/*; do [ -f $b/serial ] && echo \"$(cat $b/serial) ${b##*/}\"; done",
+    );
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(s, _)| *s == disk)
+        .map(|(_, dev)| dev.to_string())
+        .unwrap_or_else(|| panic!("no disk {disk} in the guest: {out}"))
+}
+
+/// Size in bytes of the filesystem mounted at `mount` (df).
+pub fn fs_bytes(d: &Daemon, vm: &str, mount: &str) -> u64 {
+    let out = d.exec(vm, &["df", "-k", mount]);
+    out.lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}

@@ -67,3 +67,8 @@ ensure_vm_packages() {
         as_root apt-get update -qq
     fi
 }
+
+# What the stock Debian test guest's build needs (scripts/build-stock-guest.sh). Idempotent.
+ensure_stock_guest_packages() {
+    ensure_host_packages debootstrap dosfstools fdisk e2fsprogs xz-utils
+}

@@ -88,7 +88,8 @@ impl<'a, T: Transport> Guest<'a, T> {
             .transport
             .exec(&bounded, input, timeout + Duration::from_secs(2))
             .await?;
-        if out.code == 128 + 9 || out.code == 137 {
+        // `timeout -s KILL` exits 128 + 9 when it had to kill the command.
+        if out.code == 137 {
             return Err(BackendError::Timeout {
                 what: format!("`{}` in the guest", argv.join(" ")),
                 after: timeout,

@@ -122,16 +122,16 @@ pub fn parse(text: &str) -> Probe {
                     .map(String::from)
                     .collect(),
             }),
-            ["mnt", dev, path, fs_type, bytes] => {
-                // A filesystem mounted twice (bind mounts) counts once, at its first place.
-                if !p.storage.mounts.iter().any(|m| m.device == *dev) {
-                    p.storage.mounts.push(Mount {
-                        device: dev.to_string(),
-                        path: unescape(path),
-                        fs_type: fs_type.to_string(),
-                        bytes: num(bytes),
-                    });
-                }
+            // A filesystem mounted twice (bind mounts) counts once, at its first place.
+            ["mnt", dev, path, fs_type, bytes]
+                if !p.storage.mounts.iter().any(|m| m.device == *dev) =>
+            {
+                p.storage.mounts.push(Mount {
+                    device: dev.to_string(),
+                    path: unescape(path),
+                    fs_type: fs_type.to_string(),
+                    bytes: num(bytes),
+                });
             }
             ["nic", _, mac] => p.macs.push(mac.to_lowercase()),
             _ => {}

@@ -520,7 +520,11 @@ pub fn summarize(e: &wukong_engine::Event) -> String {
             operation,
             index,
             duration_ms,
-        } => format!("{operation}: step {index} verified in {duration_ms} ms"),
+            note,
+        } => format!(
+            "{operation}: step {index} verified in {duration_ms} ms{}",
+            note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
+        ),
         StepFailed {
             operation,
             index,

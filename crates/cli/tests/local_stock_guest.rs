@@ -43,6 +43,14 @@ fn partitions(d: &Daemon, dev: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The note of the last operation's first step in the status.
+fn last_step_note(d: &Daemon) -> String {
+    d.get("deb")["status"]["lastOperation"]["steps"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn mounted(d: &Daemon, path: &str) -> Option<String> {
     d.exec("deb", &["cat", "/proc/mounts"])
         .lines()
@@ -77,11 +85,23 @@ fn the_live_story_on_a_stock_debian_guest() {
     for cpu in [2, 4, 1] {
         d.apply(&spec(&img, cpu, "1Gi", "2Gi", ""));
         assert_eq!(d.online_cpus("deb"), cpu);
+        if cpu == 2 {
+            assert_eq!(
+                last_step_note(&d),
+                "onlined through the agent",
+                "the status says which way it went"
+            );
+        }
     }
 
     // Memory 1Gi → 2Gi → 1Gi: the guest's blocks would stay offline without Wukong.
     let kib = d.mem_total_kib("deb");
     d.apply(&spec(&img, 1, "2Gi", "2Gi", ""));
+    assert!(
+        last_step_note(&d).contains("onlined through the agent"),
+        "{}",
+        last_step_note(&d)
+    );
     let grown = d.mem_total_kib("deb");
     assert!(
         grown >= kib + 1024 * 1024 - 128 * 1024,

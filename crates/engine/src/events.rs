@@ -58,6 +58,9 @@ pub enum Event {
         index: usize,
         /// Time from start to guest-verified.
         duration_ms: u64,
+        /// How it went, when the backend said (e.g. "onlined through the agent").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     /// A step failed (and was undone where possible).
     StepFailed {

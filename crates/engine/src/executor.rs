@@ -109,10 +109,13 @@ struct ProgressEvents<'a, S> {
     vm: &'a VmRef,
     operation: &'a str,
     index: usize,
+    /// The last note, kept for the step's record.
+    note: std::sync::Mutex<Option<String>>,
 }
 
 impl<S: EventSink> StepProgress for ProgressEvents<'_, S> {
     fn progress(&self, done: u64, total: u64, note: &str) {
+        *self.note.lock().expect("progress note") = Some(note.to_string());
         self.events.emit(
             self.vm,
             &Event::StepProgress {
@@ -234,6 +237,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                     vm,
                     operation,
                     index,
+                    note: std::sync::Mutex::new(None),
                 };
                 let outcome = match self
                     .backend
@@ -253,6 +257,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                                 operation: operation.into(),
                                 index,
                                 duration_ms: duration.as_millis() as u64,
+                                note: progress.note.lock().expect("progress note").take(),
                             },
                         )?;
                         report.steps.push((step, StepOutcome::Done { duration }));

@@ -178,7 +178,9 @@ pub fn apply_event(status: &mut WukongStatus, event: &Event) {
                 s.progress = Some(((done * 100) / total).min(100) as u8);
             }
         }
-        Event::StepDone { duration_ms, .. } => {
+        Event::StepDone {
+            duration_ms, note, ..
+        } => {
             if let Some(s) = status
                 .operation
                 .as_mut()
@@ -187,6 +189,7 @@ pub fn apply_event(status: &mut WukongStatus, event: &Event) {
                 s.state = "Done".into();
                 s.progress = Some(100);
                 s.duration_ms = Some(*duration_ms);
+                s.message = note.clone();
             }
         }
         Event::StepFailed { error, undone, .. } => {

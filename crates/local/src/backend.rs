@@ -479,10 +479,14 @@ impl LocalBackend {
         if current == requested {
             return Ok(());
         }
+        let mut how = "memory (un)plugged by the guest";
         if requested > current {
             // New blocks must come online while they are plugged: virtio-mem stops plugging
             // once about 1 GiB sits offline.
             let by = self.guest(vm).await?.ops().auto_online_memory().await?;
+            if by == wukong_guest::Onlined::ByAgent {
+                how = "memory plugged, onlined through the agent (the guest's auto-online was off)";
+            }
             progress.progress(0, requested - current, by.describe());
         }
         let mut events = qmp.subscribe();
@@ -500,7 +504,7 @@ impl LocalBackend {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(qmp::Event::MEMORY_DEVICE_SIZE_CHANGE { data, .. }) => {
-                        progress.progress(from.abs_diff(data.size), total, "memory (un)plugged by the guest");
+                        progress.progress(from.abs_diff(data.size), total, how);
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => {
@@ -510,7 +514,7 @@ impl LocalBackend {
                 _ = tick.tick() => {
                     let size = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
                     if size == requested {
-                        progress.progress(total, total, "memory (un)plugged by the guest");
+                        progress.progress(total, total, how);
                         return Ok(());
                     }
                     if tokio::time::Instant::now() >= deadline {

@@ -152,26 +152,6 @@ impl Qga {
         }
     }
 
-    /// Runs `argv` and fails unless it exits 0.
-    pub async fn exec_ok(
-        &self,
-        argv: &[&str],
-        input: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<ExecOutput, BackendError> {
-        let out = self.exec(argv, input, timeout).await?;
-        if out.code == 0 {
-            Ok(out)
-        } else {
-            Err(BackendError::Failed(format!(
-                "`{}` in the guest exited {}: {}",
-                argv.join(" "),
-                out.code,
-                out.err()
-            )))
-        }
-    }
-
     /// Sets vCPUs online/offline by logical id; returns how many were changed.
     pub async fn set_vcpus(
         &self,

@@ -347,3 +347,46 @@ fn a_failing_filesystem_grow_holds_back_nothing_else() {
     assert!(fs_bytes(&d, "f1", "/data") > fs_before + 100 * MIB);
     assert_eq!(d.boot_id("f1"), boot);
 }
+
+#[test]
+fn a_filesystem_on_a_partition_that_is_not_last_is_left_as_it_is_and_the_plan_says_why() {
+    let d = Daemon::start(&[]);
+    let base = "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n";
+    d.apply(&doc(
+        "g3",
+        &format!("{base}  - {{name: two, size: 256Mi}}\n"),
+    ));
+    let v = guest_dev(&d, "g3", "two");
+    // p1 holds the mounted filesystem; p2 (unmounted, like a swap partition) lies after it.
+    d.sh("g3", &format!("printf 'label: gpt\\nsize=100MiB\\n,,L\\n' | sfdisk -q /dev/{v} && partx -a /dev/{v} 2>/dev/null; /sbin/mke2fs -q -t ext4 /dev/{v}1 && mkdir -p /two && mount /dev/{v}1 /two"));
+    let table = d.exec("g3", &["sfdisk", "-d", &format!("/dev/{v}")]);
+    let fs = fs_bytes(&d, "g3", "/two");
+    let out = d.apply(&doc(
+        "g3",
+        &format!("{base}  - {{name: two, size: 512Mi}}\n"),
+    ));
+    assert!(out.contains("grow disk two"), "{out}");
+    assert!(
+        out.contains("left as it is") && out.contains(&format!("{v}2 lies after it")),
+        "the plan says why: {out}"
+    );
+    assert!(!out.contains("grow partition and filesystem"), "{out}");
+    assert_eq!(d.disk_bytes("g3", "two"), Some(512 * MIB), "the disk grew");
+    let after = d.exec("g3", &["sfdisk", "-d", &format!("/dev/{v}")]);
+    let partitions = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("/dev/"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        partitions(&after),
+        partitions(&table),
+        "no partition changed"
+    );
+    assert_eq!(
+        fs_bytes(&d, "g3", "/two"),
+        fs,
+        "the filesystem was left as it is"
+    );
+}

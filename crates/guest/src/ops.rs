@@ -299,6 +299,30 @@ impl<'a, T: Transport> Guest<'a, T> {
         }
     }
 
+    /// Unmounts every filesystem on the disk with serial `serial` (none seen: nothing to do);
+    /// `lazy` detaches busy ones. The error names the mount point that refused.
+    pub async fn unmount_disk(&self, serial: &str, lazy: bool) -> Result<(), BackendError> {
+        let p = self.probe().await?;
+        let Some(disk) = p
+            .storage
+            .disks
+            .iter()
+            .find(|d| d.serial.as_deref() == Some(serial))
+        else {
+            return Ok(());
+        };
+        // Deepest first: a mount inside another one is found after it in the mount table.
+        for m in p.storage.mounts_on(&disk.name).iter().rev() {
+            self.unmount(&m.path, lazy).await.map_err(|e| {
+                failed(format!(
+                    "disk {serial} is busy in the guest ({}: {e})",
+                    m.path
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// The storage stack of the disk with serial `serial`, from a fresh probe; `None` when
     /// the guest does not see the disk.
     pub async fn stack(&self, serial: &str) -> Result<Option<Stack>, BackendError> {
@@ -385,6 +409,10 @@ impl<'a, T: Transport> Guest<'a, T> {
                     return Ok(());
                 }
             }
+        }
+        if stack.blocked.is_some() {
+            // Mounted where the spec says; it cannot grow, and the plan says why.
+            return Ok(());
         }
         self.grow(serial).await
     }

@@ -120,6 +120,36 @@ impl Storage {
         }
     }
 
+    /// Every mounted filesystem that lives on disk `disk`: on the disk, its partitions, or the
+    /// device-mapper devices above them (what must be unmounted before the disk leaves).
+    pub fn mounts_on(&self, disk: &str) -> Vec<&Mount> {
+        let mut devices = vec![disk.to_string()];
+        devices.extend(
+            self.partitions
+                .iter()
+                .filter(|p| p.disk == disk)
+                .map(|p| p.name.clone()),
+        );
+        // Mappers stack on mappers too (LVM on a crypt device): follow them to the top.
+        loop {
+            let above: Vec<String> = self
+                .mappers
+                .iter()
+                .filter(|m| !devices.contains(&m.name))
+                .filter(|m| m.slaves.iter().any(|s| devices.contains(s)))
+                .map(|m| m.name.clone())
+                .collect();
+            if above.is_empty() {
+                break;
+            }
+            devices.extend(above);
+        }
+        self.mounts
+            .iter()
+            .filter(|m| devices.contains(&m.device))
+            .collect()
+    }
+
     /// Walks disk `disk` (kernel name) down to its filesystem.
     pub fn stack(&self, disk: &str) -> Stack {
         let mut s = Stack {
@@ -148,6 +178,11 @@ impl Storage {
                     s.partition = Some((*last).clone());
                     last.name.clone()
                 } else if let Some(p) = held.last() {
+                    // Known (so a detach unmounts it and nothing formats beside it), never grown.
+                    if let Some(Holder::Filesystem(m)) = self.holder(&p.name) {
+                        s.filesystem = Some(m.clone());
+                    }
+                    s.partition = Some((**p).clone());
                     s.blocked = Some(format!(
                         "its filesystem is on partition {} and partition {} lies after it: only the last partition can grow",
                         p.name, last.name
@@ -394,7 +429,7 @@ mod tests {
             why.contains("vda15") && why.contains("vda1 lies after it"),
             "{why}"
         );
-        assert!(s.filesystem.is_none());
+        assert_eq!(s.filesystem.map(|m| m.path).as_deref(), Some("/boot/efi"));
     }
 
     #[test]
@@ -439,6 +474,20 @@ mod tests {
         st.mounts.push(mount("dm-1", "/b", "ext4"));
         let why = st.stack("vdc").grow_commands().unwrap_err();
         assert!(why.contains("vg-a, vg-b"), "{why}");
+    }
+
+    #[test]
+    fn everything_mounted_on_a_disk_is_found_for_its_detach() {
+        let mut st = cloud(8388608);
+        st.mappers.push(lv("dm-0", "vg-a", "vda1"));
+        st.mounts.push(mount("dm-0", "/a", "xfs"));
+        let paths: Vec<&str> = st
+            .mounts_on("vda")
+            .iter()
+            .map(|m| m.path.as_str())
+            .collect();
+        assert_eq!(paths, ["/", "/boot/efi", "/a"]);
+        assert!(st.mounts_on("vdb").is_empty());
     }
 
     #[test]

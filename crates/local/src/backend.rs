@@ -594,18 +594,23 @@ impl LocalBackend {
 
     async fn detach_disk(&self, vm: &VmRef, name: &str, force: bool) -> Result<(), BackendError> {
         let n = name.to_string();
-        // Unmount in the guest first; a busy filesystem refuses unless forced.
-        let view = self.guest_view(vm).await;
-        if let Some(mount) = view
-            .as_ref()
-            .and_then(|v| v.disks.get(name))
-            .and_then(|d| d.mount.clone())
-        {
-            self.guest(vm).await?.ops().unmount(&mount, force).await.map_err(|e| {
-                failed(format!(
-                    "disk {n} is busy in the guest ({mount}: {e}); stop what uses it, or set the annotation {FORCE_DETACH}: \"true\""
-                ))
-            })?;
+        // Unmount everything on it in the guest first; a busy filesystem refuses unless
+        // forced. A guest that cannot be asked refuses too (unknown is not "nothing mounted"),
+        // except for a forced detach (the undo of an attach).
+        let unmounted = async { self.guest(vm).await?.ops().unmount_disk(name, force).await }.await;
+        match unmounted {
+            Ok(()) => {}
+            Err(BackendError::Failed(e)) => {
+                return Err(failed(format!(
+                    "{e}; stop what uses it, or set the annotation {FORCE_DETACH}: \"true\""
+                )));
+            }
+            Err(e) if !force => {
+                return Err(failed(format!(
+                    "cannot tell whether disk {n} is mounted in the guest ({e}): not detached"
+                )));
+            }
+            Err(_) => {}
         }
         let qmp = self.qmp(vm).await?;
         self.unplug(&qmp, &disk_id(name)).await?;

@@ -328,22 +328,12 @@ impl KubevirtBackend {
                 ops.ensure_filesystem(serial, filesystem).await
             }
             Action::OnlineMemory { .. } => ops.online_memory_blocks().await.map(|_| ()),
-            Action::DetachDisk { disk } => {
-                let stack = ops.stack(disk).await.map_err(|e| {
-                    BackendError::Failed(format!(
-                        "cannot tell whether disk {disk} is mounted in the guest ({e}): not detached"
-                    ))
-                })?;
-                match stack.and_then(|s| s.filesystem) {
-                    Some(fs) => ops.unmount(&fs.path, false).await.map_err(|e| {
-                        BackendError::Failed(format!(
-                            "disk {disk} is busy in the guest ({}: {e}); stop what uses it",
-                            fs.path
-                        ))
-                    }),
-                    None => Ok(()),
-                }
-            }
+            Action::DetachDisk { disk } => ops.unmount_disk(disk, false).await.map_err(|e| match e {
+                BackendError::Failed(why) => BackendError::Failed(format!("{why}; stop what uses it")),
+                other => BackendError::Failed(format!(
+                    "cannot tell whether disk {disk} is mounted in the guest ({other}): not detached"
+                )),
+            }),
             other => Err(BackendError::Unsupported {
                 backend: BackendKind::Kubevirt,
                 what: other.describe(),

@@ -235,6 +235,12 @@ pub fn apply_event(status: &mut WukongStatus, event: &Event) {
         } => {
             if let Some(mut o) = status.operation.take() {
                 o.phase = if *succeeded { "Succeeded" } else { "Failed" }.into();
+                if !*succeeded {
+                    // Steps a failure kept from running (same resource, or the restart).
+                    for s in o.steps.iter_mut().filter(|s| s.state == "Pending") {
+                        s.state = "Skipped".into();
+                    }
+                }
                 o.finished_at = Some(jiff::Timestamp::now().to_string());
                 o.message = message.clone();
                 status.last_operation = Some(o);

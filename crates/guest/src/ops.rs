@@ -303,12 +303,7 @@ impl<'a, T: Transport> Guest<'a, T> {
     /// `lazy` detaches busy ones. The error names the mount point that refused.
     pub async fn unmount_disk(&self, serial: &str, lazy: bool) -> Result<(), BackendError> {
         let p = self.probe().await?;
-        let Some(disk) = p
-            .storage
-            .disks
-            .iter()
-            .find(|d| d.serial.as_deref() == Some(serial))
-        else {
+        let Some(disk) = p.storage.disk_with_serial(serial) else {
             return Ok(());
         };
         // Deepest first: a mount inside another one is found after it in the mount table.
@@ -328,9 +323,7 @@ impl<'a, T: Transport> Guest<'a, T> {
     pub async fn stack(&self, serial: &str) -> Result<Option<Stack>, BackendError> {
         let p = self.probe().await?;
         Ok(p.storage
-            .disks
-            .iter()
-            .find(|d| d.serial.as_deref() == Some(serial))
+            .disk_with_serial(serial)
             .map(|d| p.storage.stack(&d.name)))
     }
 
@@ -365,9 +358,7 @@ impl<'a, T: Transport> Guest<'a, T> {
         let p = self.probe().await?;
         let disk = p
             .storage
-            .disks
-            .iter()
-            .find(|d| d.serial.as_deref() == Some(serial))
+            .disk_with_serial(serial)
             .ok_or_else(|| failed(format!("the guest does not see disk {serial} (by serial)")))?;
         let stack = p.storage.stack(&disk.name);
         match &stack.filesystem {
@@ -380,13 +371,7 @@ impl<'a, T: Transport> Guest<'a, T> {
             }
             None => {
                 // A partitioned disk keeps its filesystem in its last partition.
-                let mut parts: Vec<_> = p
-                    .storage
-                    .partitions
-                    .iter()
-                    .filter(|x| x.disk == disk.name)
-                    .collect();
-                parts.sort_by_key(|x| x.start);
+                let parts = p.storage.partitions_of(&disk.name);
                 let target = format!(
                     "/dev/{}",
                     parts.last().map_or(disk.name.as_str(), |x| x.name.as_str())

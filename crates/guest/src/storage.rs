@@ -120,6 +120,21 @@ impl Storage {
         }
     }
 
+    /// The disk whose serial is `serial`.
+    pub fn disk_with_serial(&self, serial: &str) -> Option<&BlockDevice> {
+        self.disks
+            .iter()
+            .find(|d| d.serial.as_deref() == Some(serial))
+    }
+
+    /// The partitions of disk `disk`, in the order they lie on it (by start sector).
+    pub fn partitions_of(&self, disk: &str) -> Vec<&Partition> {
+        let mut parts: Vec<&Partition> =
+            self.partitions.iter().filter(|p| p.disk == disk).collect();
+        parts.sort_by_key(|p| p.start);
+        parts
+    }
+
     /// Every mounted filesystem that lives on disk `disk`: on the disk, its partitions, or the
     /// device-mapper devices above them (what must be unmounted before the disk leaves).
     pub fn mounts_on(&self, disk: &str) -> Vec<&Mount> {
@@ -161,9 +176,7 @@ impl Storage {
                 .map_or(0, |d| d.sectors),
             ..Default::default()
         };
-        let mut parts: Vec<&Partition> =
-            self.partitions.iter().filter(|p| p.disk == disk).collect();
-        parts.sort_by_key(|p| p.start);
+        let parts = self.partitions_of(disk);
         let dev = match self.holder(disk) {
             Some(_) => disk.to_string(),
             None => {

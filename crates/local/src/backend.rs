@@ -334,32 +334,26 @@ impl LocalBackend {
         progress: &dyn StepProgress,
     ) -> Result<(), BackendError> {
         let t = self.options.timeouts.agent;
-        // First bring back vCPUs that are plugged but offline.
-        let vcpus = self
+        // vCPUs that are plugged but offline come back online first; only the rest are
+        // hot-added.
+        let plugged = self
             .with_agent(vm, |q| async move { q.vcpus(t).await })
-            .await?;
-        let offline: Vec<i64> = vcpus
-            .iter()
-            .filter(|(_, o)| !o)
-            .map(|(id, _)| *id)
-            .collect();
-        let online_now = (vcpus.len() - offline.len()) as u32;
-        let mut need = to.saturating_sub(online_now);
-        let bring: Vec<(i64, bool)> = offline
-            .iter()
-            .take(need as usize)
-            .map(|id| (*id, true))
-            .collect();
-        if !bring.is_empty() {
-            let n = bring.len() as u32;
-            self.with_agent(vm, |q| async move { q.set_vcpus(&bring, t).await })
-                .await?;
-            need -= n;
-            progress.progress(u64::from(to - need), u64::from(to), "onlined plugged vCPUs");
+            .await?
+            .len() as u32;
+        let need = to.saturating_sub(plugged);
+        if need > 0 {
+            self.hot_add_vcpus(vm, need).await?;
         }
-        if need == 0 {
-            return Ok(());
-        }
+        // A guest with a rule onlines hot-added vCPUs itself; any it leaves offline (new or
+        // plugged before) are onlined through the agent as soon as they appear.
+        let within = self.options.timeouts.unplug;
+        let by = self.guest(vm).await?.ops().online_vcpus(to, within).await?;
+        progress.progress(u64::from(to), u64::from(to), by.describe());
+        Ok(())
+    }
+
+    /// Hot-adds `need` vCPUs, each into the lowest free slot.
+    async fn hot_add_vcpus(&self, vm: &VmRef, need: u32) -> Result<(), BackendError> {
         let qmp = self.qmp(vm).await?;
         for _ in 0..need {
             let slots = qmp.run(qmp::query_hotpluggable_cpus {}).await?;
@@ -391,11 +385,6 @@ impl LocalBackend {
             self.update(vm, |r| r.vcpu_creations += 1)?;
             qmp.device_add(&free.type_, &id, None, props).await?;
         }
-        // A guest with a rule onlines hot-added vCPUs itself; any the guest leaves offline are
-        // onlined through the agent as soon as they appear.
-        let within = self.options.timeouts.unplug;
-        let by = self.guest(vm).await?.ops().online_vcpus(to, within).await?;
-        progress.progress(u64::from(to), u64::from(to), by.describe());
         Ok(())
     }
 

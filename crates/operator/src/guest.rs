@@ -130,15 +130,9 @@ impl Guest {
 
     /// How many vCPUs the guest has online (`guest-get-vcpus`).
     pub async fn online_vcpus(&self, vm: &VmRef) -> Result<u32, BackendError> {
-        let cpus = self
-            .agent(vm, &json!({"execute": "guest-get-vcpus"}))
-            .await?;
-        Ok(cpus
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["online"] == true)
-            .count() as u32)
+        let agent = VmAgent { guest: self, vm };
+        let cpus = wukong_guest::Transport::vcpus(&agent, self.timeout).await?;
+        Ok(cpus.iter().filter(|(_, online)| *online).count() as u32)
     }
 
     /// Runs `argv` in the guest (stdin `input`): exit code, stdout, stderr.

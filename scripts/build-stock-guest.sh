@@ -28,10 +28,7 @@ fi
 
 uri=$(debian_uri | head -n1)
 [ -n "$uri" ] || { echo "no Debian bookworm apt source configured" >&2; exit 1; }
-security=$(for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] && awk 'BEGIN{RS=""} /Suites:[^\n]*bookworm-security/ {
-        for (i = 1; i <= NF; i++) if ($i == "URIs:") { print $(i+1); exit } }' "$f"
-done | head -n1)
+security=$(debian_uri bookworm-security | head -n1)
 [ -n "$security" ] || security=${uri%/debian}/debian-security
 
 work=$(mktemp -d /var/tmp/wukong-stock.XXXXXX)

@@ -28,16 +28,19 @@ ensure_host_packages() {
     fi
 }
 
-# The Debian mirror URI of this machine's main apt source (never hard-coded).
+# The mirror URI of this machine's apt source for suite $1 (default bookworm; never
+# hard-coded).
 debian_uri() {
-    local f
+    local suite=${1:-bookworm} f
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
-        awk 'BEGIN{RS=""} /Suites:[^\n]*bookworm([ \n]|$)/ && !/security/ {
-               for (i = 1; i <= NF; i++) if ($i == "URIs:") { print $(i+1); exit } }' "$f"
+        awk -v suite="$suite" 'BEGIN{RS=""} {
+               found = 0
+               for (i = 1; i <= NF; i++) if ($i == "Suites:") { for (j = i + 1; j <= NF && $j !~ /:$/; j++) if ($j == suite) found = 1 }
+               if (found) for (i = 1; i <= NF; i++) if ($i == "URIs:") { print $(i+1); exit } }' "$f"
     done | head -n1
     if [ -f /etc/apt/sources.list ]; then
-        awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' /etc/apt/sources.list
+        awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2; exit }' /etc/apt/sources.list
     fi
 }
 

@@ -19,6 +19,24 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest"))
 }
 
+/// Runs the build `command` gives (if any) into `dir`, one test process at a time (a file
+/// lock beside `dir`); panics with `failure` and the build's output when it fails.
+fn build_once(dir: &std::path::Path, failure: &str, command: impl FnOnce() -> Option<Command>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
+    lock.lock().unwrap();
+    if let Some(mut c) = command() {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{failure}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(lock);
+}
+
 /// Fails (never skips) when QEMU is not installed; builds the guest image once.
 pub fn prerequisites() -> PathBuf {
     let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
@@ -27,22 +45,13 @@ pub fn prerequisites() -> PathBuf {
         "QEMU is not installed: run `bash scripts/setup.sh` (installs qemu-system-x86 from bookworm-backports, busybox-static, cpio, kmod)"
     );
     let dir = image_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
-    lock.lock().unwrap();
-    if !dir.join("vmlinux").exists() || !dir.join("initramfs.cpio.gz").exists() {
-        let out = Command::new(BIN)
-            .args(["image", "build", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "image build failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    drop(lock);
+    build_once(&dir, "image build failed", || {
+        (!dir.join("vmlinux").exists() || !dir.join("initramfs.cpio.gz").exists()).then(|| {
+            let mut c = Command::new(BIN);
+            c.args(["image", "build", "--dir"]).arg(&dir);
+            c
+        })
+    });
     dir
 }
 
@@ -333,23 +342,18 @@ pub fn stock_image() -> StockImage {
     let dir = std::env::var_os("WUKONG_STOCK_IMAGE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stock-guest"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = std::fs::File::create(dir.with_extension("lock")).unwrap();
-    lock.lock().unwrap();
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-stock-guest.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the stock guest build failed (it needs root, debootstrap, dosfstools, fdisk: `bash scripts/setup.sh` installs them):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // The script itself skips a build whose inputs did not change.
+    build_once(
+        &dir,
+        "the stock guest build failed (it needs root, debootstrap, dosfstools, fdisk: `bash scripts/setup.sh` installs them)",
+        || {
+            let mut c = Command::new("bash");
+            c.arg(&script).arg(&dir);
+            Some(c)
+        },
     );
-    drop(lock);
     StockImage { dir }
 }
 

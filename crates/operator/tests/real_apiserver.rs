@@ -160,7 +160,7 @@ async fn create(client: &Client, object: &Value) -> Result<(), kube::Error> {
         None => ("", object["apiVersion"].as_str().unwrap()),
     };
     let gvk = GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap());
-    let plural = format!("{}s", gvk.kind.to_lowercase()).replace("classs", "classes");
+    let plural = format!("{}s", gvk.kind.to_lowercase());
     let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
     let obj: DynamicObject = serde_json::from_value(object.clone()).unwrap();
     let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {

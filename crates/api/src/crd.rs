@@ -5,11 +5,24 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
+use crate::document::MAX_NAME;
 use crate::types::Wukong;
 
-/// Root-level rules: they need both spec and status.
+/// The label that carries a Wukong's name on everything made for it.
+pub const NAME_LABEL_KEY: &str = "vm.novasphere.dev/name";
+
+/// Root-level rules: they need both spec and status, or the object's name (the only part of
+/// metadata a rule may read).
 fn root_rules() -> Value {
     json!([
+        {
+            "rule": format!(
+                "size(self.metadata.name) <= {MAX_NAME} && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')"
+            ),
+            "message": format!(
+                "metadata.name must be a DNS label of at most {MAX_NAME} characters (lowercase letters, digits and '-', starting and ending with a letter or digit): it names the VM, its disks and the {NAME_LABEL_KEY} label"
+            )
+        },
         {
             "rule": "!has(self.status) || !has(self.status.bootDisk) || !has(self.spec.disks) || self.spec.disks.exists(d, d.name == self.status.bootDisk)",
             "message": "the boot disk can never be detached",

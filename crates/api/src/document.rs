@@ -117,10 +117,13 @@ pub fn parse_value(json: Value) -> Result<Document, FieldErrors> {
     Ok(Document { wukong, raw_spec })
 }
 
-/// VM names are DNS labels of at most 63 characters (they name directories, sockets and
-/// KubeVirt objects).
+/// The longest VM name: a Kubernetes label value (the name is one on everything made for it).
+pub const MAX_NAME: usize = 63;
+
+/// VM names are DNS labels of at most [`MAX_NAME`] characters (they name directories,
+/// sockets, KubeVirt objects and label values). The CRD holds the same rule.
 pub fn check_object_name(name: &str) -> Result<(), String> {
-    crate::validate::check_dns_label(name, 63)
+    crate::validate::check_dns_label(name, MAX_NAME)
 }
 
 fn clean_serde_message(msg: &str) -> String {

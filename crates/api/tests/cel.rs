@@ -141,3 +141,24 @@ fn committed_crd_matches_the_types() {
         "deploy/crd.yaml has drifted from the types: run `wukong crd > deploy/crd.yaml`"
     );
 }
+
+#[test]
+fn the_name_is_a_dns_label_that_fits_a_label_value() {
+    let named = |name: &str| {
+        let mut o = object(full());
+        o["metadata"]["name"] = name.into();
+        messages(o, None)
+    };
+    assert_eq!(named("vm-1"), Vec::<String>::new());
+    assert_eq!(named(&"a".repeat(63)), Vec::<String>::new());
+    for bad in ["my.vm", "My-vm", "-vm", "vm-", &"a".repeat(64)] {
+        let m = named(bad);
+        assert_eq!(m.len(), 1, "{bad}: {m:?}");
+        assert!(m[0].contains("metadata.name"), "{bad}: {m:?}");
+        // The same verdict as the Rust validation the CLI and the operator use.
+        assert!(
+            wukong_api::document::check_object_name(bad).is_err(),
+            "{bad}"
+        );
+    }
+}

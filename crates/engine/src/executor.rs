@@ -341,6 +341,11 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                     Err(e) => {
                         report.succeeded = false;
                         report.message = Some(format!("restart failed: {e}"));
+                        // The changes still wait for a restart; the retry tries it again.
+                        report.pending = Some((
+                            format!("the restart failed ({e}); it is retried"),
+                            restart_steps.clone(),
+                        ));
                         report.steps.extend(restart_steps.into_iter().map(|s| {
                             (
                                 s,

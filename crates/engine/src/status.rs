@@ -240,6 +240,12 @@ pub fn apply_event(status: &mut WukongStatus, event: &Event) {
                     for s in o.steps.iter_mut().filter(|s| s.state == "Pending") {
                         s.state = "Skipped".into();
                     }
+                    // Steps still running when the operation failed (a refused restart)
+                    // failed with it.
+                    for s in o.steps.iter_mut().filter(|s| s.state == "Running") {
+                        s.state = "Failed".into();
+                        s.message.clone_from(message);
+                    }
                 }
                 o.finished_at = Some(jiff::Timestamp::now().to_string());
                 o.message = message.clone();

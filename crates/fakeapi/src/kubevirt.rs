@@ -31,6 +31,11 @@ pub struct Faults {
     pub offline_cpus: HashSet<String>,
     /// PVCs whose resize fails.
     pub fail_resize: HashSet<String>,
+    /// PVCs no provisioner binds (they stay Pending, as while a volume is imported or no
+    /// storage fits): a VM using one is not started.
+    pub unbound: HashSet<String>,
+    /// `virtualmachines/restart` is refused (no RBAC for it).
+    pub refuse_restart: bool,
     /// Pod exec is refused (no RBAC, no exec).
     pub no_exec: bool,
     /// The guest agent refuses `guest-exec` (a locked-down agent policy).
@@ -190,6 +195,12 @@ impl Sim {
         let capacity = bytes(&pvc["status"]["capacity"]["storage"]);
         let mut status = pvc["status"].clone();
         match capacity {
+            None if self.faults.lock().expect("faults").unbound.contains(name) => {
+                if status["phase"] == "Pending" {
+                    return;
+                }
+                status = json!({"phase": "Pending"});
+            }
             None => {
                 status = json!({"phase": "Bound", "accessModes": pvc["spec"]["accessModes"],
                                 "capacity": {"storage": pvc["spec"]["resources"]["requests"]["storage"]}});
@@ -294,7 +305,11 @@ impl Sim {
             ));
         }
         let mut status = json!({
-            "printableStatus": if vmi.is_some() { "Running" } else { "Stopped" },
+            "printableStatus": match (&vmi, want) {
+                (Some(_), _) => "Running",
+                (None, true) if !bound => "WaitingForVolumeBinding",
+                (None, _) => "Stopped",
+            },
             "ready": vmi.is_some(),
             "created": vmi.is_some(),
             "conditions": conditions,
@@ -597,6 +612,15 @@ impl Sim {
                 let vm = self.store.fetch(vm_kind(), ns, name)?;
                 match action {
                     "restart" => {
+                        if self.faults.lock().expect("faults").refuse_restart {
+                            return Err(ApiError::new(
+                                403,
+                                "Forbidden",
+                                format!(
+                                    "virtualmachines.subresources.kubevirt.io \"{name}\" is forbidden: User cannot update resource \"virtualmachines/restart\" in API group \"subresources.kubevirt.io\" in the namespace \"{ns}\""
+                                ),
+                            ));
+                        }
                         if self.store.get(vmi_kind(), ns, name).is_none() {
                             return Err(ApiError::new(409, "Conflict", "VM is not running"));
                         }

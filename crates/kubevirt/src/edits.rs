@@ -11,7 +11,8 @@ use wukong_api::quantity::format_bytes;
 use wukong_planner::{Action, Mode, Plan};
 
 use crate::render::{
-    disk_entry, interface_entry, network_entry, pvc, pvc_name, template_spec, volume_entry,
+    disk_entry, interface_entry, network_entry, pvc, pvc_name, run_strategy, template_spec,
+    volume_entry,
 };
 
 /// One edit of the cluster.
@@ -151,7 +152,12 @@ pub fn edits(
                     out.push(Edit::PatchVm(guarded_replace(current, &format!("{list}/{i}"), network_entry(to))));
                 }
             }
-            Action::Start => out.push(Edit::PatchVm(guarded_replace(current, "/spec/runStrategy", json!("Always")))),
+            // The run strategy asked for (a start is planned only for one that runs the VM).
+            Action::Start => out.push(Edit::PatchVm(guarded_replace(
+                current,
+                "/spec/runStrategy",
+                json!(run_strategy(desired.run_strategy)),
+            ))),
             Action::Stop => out.push(Edit::PatchVm(guarded_replace(current, "/spec/runStrategy", json!("Halted")))),
             Action::SetMaxCpu { .. } | Action::SetMaxMemory { .. } | Action::ChangeDisk { .. } => {}
         }
@@ -173,6 +179,22 @@ pub fn edits(
         });
     }
     out
+}
+
+/// The patch that takes a guarded patch (`test` the old value, `replace` it) back: `test` the
+/// new value, `replace` it with the old. Only for patches made of such pairs.
+pub fn revert(patch: &[Value]) -> Vec<Value> {
+    patch
+        .chunks(2)
+        .rev()
+        .flat_map(|pair| match pair {
+            [test, replace] if test["op"] == "test" && replace["op"] == "replace" => vec![
+                json!({"op": "test", "path": replace["path"], "value": replace["value"]}),
+                json!({"op": "replace", "path": test["path"], "value": test["value"]}),
+            ],
+            _ => vec![],
+        })
+        .collect()
 }
 
 /// Applies the `PatchVm` edits to `vm` (as the API server would), for checking the result.

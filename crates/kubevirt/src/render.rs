@@ -8,7 +8,7 @@ use wukong_api::{
 };
 
 /// Label put on everything Wukong renders: the owning Wukong's name.
-pub const NAME_LABEL: &str = "vm.novasphere.dev/name";
+pub const NAME_LABEL: &str = wukong_api::crd::NAME_LABEL_KEY;
 /// KubeVirt adds memory hotplug (a virtio-mem device) only to VMs that boot with this much.
 pub const MIN_HOTPLUG_GUEST: u64 = GIB;
 /// CDI's default share of a Filesystem-mode PVC kept for the filesystem itself.
@@ -36,7 +36,8 @@ fn labels(vm: &str) -> Value {
     json!({"app.kubernetes.io/managed-by": "wukong", NAME_LABEL: vm})
 }
 
-fn run_strategy(r: RunStrategy) -> &'static str {
+/// KubeVirt's name of a run strategy.
+pub fn run_strategy(r: RunStrategy) -> &'static str {
     match r {
         RunStrategy::Always => "Always",
         RunStrategy::RerunOnFailure => "RerunOnFailure",

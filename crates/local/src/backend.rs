@@ -695,6 +695,7 @@ impl LocalBackend {
         let mut o = Observed {
             config: rec.definition.clone(),
             running: false,
+            starting: false,
             boot_memory: rec.boot_memory,
             guest: None,
         };
@@ -759,6 +760,7 @@ impl Backend for LocalBackend {
             return Ok(Observed {
                 config: rec.definition,
                 running: false,
+                starting: false,
                 boot_memory: rec.boot_memory,
                 guest: None,
             });
@@ -801,6 +803,7 @@ impl Backend for LocalBackend {
         Ok(Observed {
             config,
             running: true,
+            starting: false,
             boot_memory: rec.boot_memory,
             guest,
         })

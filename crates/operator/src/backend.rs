@@ -12,11 +12,12 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 use wukong_api::{
-    BackendKind, DiskBus, DiskConfig, NetworkSource, NicConfig, NicModel, RunStrategy, VmConfig,
+    BackendKind, DiskBus, DiskConfig, NetworkSource, NicConfig, NicModel, Phase, RunStrategy,
+    VmConfig,
 };
 use wukong_engine::{Backend, BackendError, StepProgress, VmRef};
 use wukong_kubevirt::bytes;
-use wukong_kubevirt::edits::{Edit, edits};
+use wukong_kubevirt::edits::{Edit, edits, revert};
 use wukong_kubevirt::preflight::{ClusterFacts, condition, preflight};
 use wukong_kubevirt::render::{NAME_LABEL, pvc_name};
 use wukong_planner::{Action, Capabilities, GuestDiskView, GuestView, Observed, Plan, Step};
@@ -108,6 +109,8 @@ pub struct KubevirtBackend {
     cluster: Mutex<Option<(Instant, ClusterWide)>>,
     /// VMs whose vCPU step is being verified (their guest is asked for its online vCPUs).
     counting: Mutex<HashSet<VmRef>>,
+    /// Each VM's phase as its VMI last showed it.
+    phases: Mutex<HashMap<VmRef, Phase>>,
     guest: Guest,
     timeouts: KubeTimeouts,
 }
@@ -123,6 +126,7 @@ impl KubevirtBackend {
             seen: Mutex::new(HashMap::new()),
             cluster: Mutex::new(None),
             counting: Mutex::new(HashSet::new()),
+            phases: Mutex::new(HashMap::new()),
             timeouts,
         }
     }
@@ -150,6 +154,13 @@ impl KubevirtBackend {
         self.desired.lock().expect("desired").remove(vm);
         self.declarative.lock().expect("declarative").remove(vm);
         self.seen.lock().expect("seen").remove(vm);
+        self.phases.lock().expect("phases").remove(vm);
+    }
+
+    /// The VM's phase as its VMI showed it at the last observation: Running while the VMI
+    /// runs, whether or not its guest agent answers (Ready says that).
+    pub fn phase(&self, vm: &VmRef) -> Option<Phase> {
+        self.phases.lock().expect("phases").get(vm).copied()
     }
 
     fn api(&self, ar: &ApiResource, ns: &str) -> Api<DynamicObject> {
@@ -302,8 +313,22 @@ impl KubevirtBackend {
             Edit::RemoveVolume(body) => self.subresource(vm, "removevolume", body).await,
             Edit::InGuest(action) => self.in_guest(vm, action, desired).await,
             Edit::Restart { patch, body } => {
+                // KubeVirt restarts into the template: the restart-only changes go in just
+                // before, and come back out when the restart is refused.
                 self.patch_vm(vm, patch).await?;
-                self.subresource(vm, "restart", body).await
+                let Err(e) = self.subresource(vm, "restart", body).await else {
+                    return Ok(());
+                };
+                Err(BackendError::Failed(
+                    match self.patch_vm(vm, &revert(patch)).await {
+                        Ok(()) => format!(
+                            "{e}; the restart-only changes were taken back out of the template"
+                        ),
+                        Err(r) => format!(
+                            "{e}; taking the restart-only changes back out of the template failed too ({r}): the next start uses them"
+                        ),
+                    },
+                ))
             }
         }
     }
@@ -435,6 +460,15 @@ impl KubevirtBackend {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// A VM's phase from its VMI: none, or one that finished, is a stopped VM.
+pub fn vmi_phase(vmi: Option<&Value>) -> Phase {
+    match vmi.and_then(|v| v["status"]["phase"].as_str()) {
+        Some("Running") => Phase::Running,
+        None | Some("Succeeded" | "Failed") => Phase::Stopped,
+        Some(_) => Phase::Starting,
     }
 }
 
@@ -615,7 +649,18 @@ impl Backend for KubevirtBackend {
             .is_some_and(|v| v["status"]["phase"] == "Running");
         let starts =
             |r: RunStrategy| matches!(r, RunStrategy::Always | RunStrategy::RerunOnFailure);
-        if !running && starts(config.run_strategy) && starts(desired.run_strategy) {
+        // KubeVirt runs the VM by itself once it can (disks bound and imported, a node found).
+        let starting = !running && starts(config.run_strategy);
+        self.phases.lock().expect("phases").insert(
+            vm.clone(),
+            match vmi_phase(vmi.as_ref()) {
+                Phase::Stopped if starting => Phase::Starting,
+                p => p,
+            },
+        );
+        // An instance that exists but does not run yet was made from the template as it is:
+        // wait for it. Without one, the template is what changes (the start will use it).
+        if vmi.is_some() && starting && starts(desired.run_strategy) {
             return Err(BackendError::Settling(format!(
                 "KubeVirt is starting the VM ({})",
                 object["status"]["printableStatus"]
@@ -668,6 +713,7 @@ impl Backend for KubevirtBackend {
         Ok(Observed {
             config,
             running,
+            starting,
             boot_memory,
             guest,
         })

@@ -23,13 +23,13 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use wukong_api::{
-    BackendKind, FieldErrors, HostLimits, Pinned, VmConfig, Wukong, WukongStatus, resolve,
-    resolve_new,
+    BackendKind, FieldError, FieldErrors, HostLimits, Pinned, VmConfig, Wukong, WukongStatus,
+    resolve, resolve_new,
 };
 use wukong_engine::status::{apply_event, observe_into, report_into, set_condition};
 use wukong_engine::{
-    BackendError, Desired, Engine, EngineError, Event, EventSink, Journal, StepOutcome, Timeouts,
-    VmRef,
+    Backend, BackendError, Desired, Engine, EngineError, Event, EventSink, Journal, StepOutcome,
+    Timeouts, VmRef,
 };
 use wukong_kubevirt::render::{NAME_LABEL, render};
 
@@ -117,6 +117,13 @@ impl Context {
 /// ceilings and boot disk pinned in status once chosen.
 pub fn desired_config(w: &Wukong) -> Result<(VmConfig, Pinned), FieldErrors> {
     let name = w.name_any();
+    // The CRD holds the same rule; an object stored before it (or past it) is refused here.
+    if let Err(reason) = wukong_api::document::check_object_name(&name) {
+        return Err(FieldErrors(vec![FieldError::invalid(
+            "metadata.name",
+            reason,
+        )]));
+    }
     let (config, fresh) =
         resolve_new(&name, &w.spec, BackendKind::Kubevirt, HostLimits::UNLIMITED)?;
     let Some(pinned) = w.status.as_ref().and_then(Pinned::from_status) else {
@@ -414,6 +421,15 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         },
     };
     let outcome = engine.converge(&vm, &op, &mut desired_rx).await;
+    // A failed operation's last observation may be stale: the VM is observed again, so the
+    // status tells how it is (its phase above all), not how it was.
+    let observed = match &outcome {
+        Ok(r) => match &r.observed {
+            Some(o) => Some(o.clone()),
+            None => ctx.backend.observe(&vm).await.ok(),
+        },
+        Err(_) => None,
+    };
     let vcpus_doubtful = outcome.as_ref().is_ok_and(|r| {
         r.steps.iter().any(|(s, o)| {
             matches!(o, StepOutcome::Failed { .. })
@@ -429,8 +445,12 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut status = writer.await.unwrap_or(status);
     let result = match outcome {
         Ok(report) => {
-            if let Some(o) = &report.observed {
+            if let Some(o) = &observed {
                 observe_into(&mut status, o, Some(generation));
+                // The phase is the VMI's; whether the agent answers is the Ready condition's.
+                if let Some(phase) = ctx.backend.phase(&vm) {
+                    status.phase = Some(phase);
+                }
             }
             report_into(&mut status, &report);
             if !report.steps.is_empty() {
@@ -571,6 +591,10 @@ async fn cleanup(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
 async fn reconcile(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = w.namespace().unwrap_or_default();
     let api: Api<Wukong> = Api::namespaced(ctx.client.clone(), &ns);
+    let w = match deleting(&api, w).await? {
+        Some(w) => w,
+        None => return Ok(Action::await_change()),
+    };
     let c = ctx.clone();
     let r = finalizer(&api, FINALIZER, w, |event| async move {
         match event {
@@ -579,10 +603,30 @@ async fn reconcile(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()));
+    .or_else(|e| match e {
+        // Removing the finalizer found the object gone: the cleanup is done.
+        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.code == 404 => {
+            Ok(Action::await_change())
+        }
+        e => Err(Error::Finalizer(e.to_string())),
+    });
     ctx.metrics
         .reconcile(if r.is_ok() { "ok" } else { "error" });
     r
+}
+
+/// `w`, unless it is being deleted: then the stored object, or `None` when its cleanup is
+/// already done (the object is gone or no longer holds the finalizer). The cache can lag
+/// behind the finalizer's removal; a cleanup run from it would delete and report twice.
+async fn deleting(api: &Api<Wukong>, w: Arc<Wukong>) -> Result<Option<Arc<Wukong>>, Error> {
+    if w.metadata.deletion_timestamp.is_none() {
+        return Ok(Some(w));
+    }
+    Ok(api
+        .get_opt(&w.name_any())
+        .await?
+        .filter(|w| w.finalizers().iter().any(|f| f == FINALIZER))
+        .map(Arc::new))
 }
 
 fn error_policy(w: Arc<Wukong>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -665,4 +709,21 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_that_is_no_dns_label_is_refused_before_anything_is_rendered() {
+        let mut w: Wukong = serde_yaml::from_str(
+            "apiVersion: vm.novasphere.dev/v1alpha1\nkind: Wukong\nmetadata: {name: my.vm, namespace: t}\nspec: {cpu: 1, memory: 1Gi}\n",
+        )
+        .unwrap();
+        let e = desired_config(&w).unwrap_err();
+        assert_eq!(e.0[0].field, "metadata.name", "{e}");
+        w.metadata.name = Some("my-vm".into());
+        assert!(desired_config(&w).is_ok());
+    }
 }

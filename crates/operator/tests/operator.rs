@@ -285,6 +285,14 @@ async fn without_pod_exec_the_status_says_the_guest_cannot_be_reached() {
     let (_, _, message) = c.condition("w", "Degraded").unwrap();
     assert!(message.contains("pods/exec"), "{message}");
     assert!(c.vmi("w").is_some(), "the VM itself runs");
+    // The phase is the VMI's (Running) while its steps keep failing, not what it was when
+    // the VM was created.
+    c.until("phase Running", T, |c| {
+        c.wukong("w")
+            .is_some_and(|w| w["status"]["phase"] == "Running")
+    })
+    .await;
+    assert_eq!(c.condition("w", "Degraded").unwrap().0, "True");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,6 +326,19 @@ async fn deletion_keeps_disks_unless_the_wukong_asks_otherwise() {
         c.pvc("keep-data").is_some() && c.pvc("keep-system").is_some(),
         "disks kept"
     );
+    // One cleanup: the VM's deletion (and the lagging cache) brings more reconciles of the
+    // deleted object, and none of them cleans up again.
+    c.until("the Deleted event", T, |c| {
+        c.event_reasons("keep").contains(&"Deleted".to_string())
+    })
+    .await;
+    let deleted = |c: &Cluster| {
+        c.event_reasons("keep")
+            .iter()
+            .filter(|r| *r == "Deleted")
+            .count()
+    };
+    // The next Wukong's whole life is the time the operator had to repeat it.
 
     c.create("gone", BASIC).await;
     c.converged("gone").await;
@@ -336,6 +357,7 @@ async fn deletion_keeps_disks_unless_the_wukong_asks_otherwise() {
         c.wukong("gone").is_none() && c.pvc("gone-data").is_none() && c.pvc("gone-system").is_none()
     })
     .await;
+    assert_eq!(deleted(&c), 1, "{:?}", c.event_reasons("keep"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,5 +469,117 @@ async fn vcpus_the_guest_leaves_offline_are_caught_by_asking_the_guest() {
     assert_eq!(c.condition("w", "Degraded").unwrap().0, "True");
     // Once the guest onlines it, the next retry converges.
     c.api.faults(|f| f.offline_cpus.clear());
+    c.converged("w").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_kubevirt_has_not_started_takes_changes_in_its_template_and_its_run_strategy() {
+    let c = Cluster::start().await;
+    // No provisioner binds the system disk: KubeVirt cannot start the VM (no VMI).
+    c.api.faults(|f| {
+        f.unbound.insert("w-system".into());
+    });
+    c.create("w", BASIC).await;
+    c.until("the VM waiting for its disks", T, |c| {
+        c.vm("w")
+            .is_some_and(|vm| vm["status"]["printableStatus"] == "WaitingForVolumeBinding")
+    })
+    .await;
+    c.patch_spec("w", json!({"cpu": 3, "memory": "3Gi"})).await;
+    let template = |c: &Cluster| {
+        c.vm("w").map(|vm| {
+            (
+                sockets(&vm),
+                vm["spec"]["template"]["spec"]["domain"]["memory"]["guest"].clone(),
+            )
+        })
+    };
+    c.until("the change in the template", T, |c| {
+        template(c) == Some((3, json!("3Gi")))
+    })
+    .await;
+    c.until("the status to say so", T, |c| {
+        c.wukong("w").is_some_and(|w| {
+            w["status"]["observedGeneration"] == w["metadata"]["generation"]
+                && w["status"]["phase"] == "Starting"
+        })
+    })
+    .await;
+    assert!(c.vmi("w").is_none(), "still not started");
+
+    // Halted reaches the VM itself: with a real KubeVirt it would otherwise start it.
+    c.patch_spec("w", json!({"runStrategy": "Halted"})).await;
+    c.until("runStrategy Halted on the VM", T, |c| {
+        c.vm("w")
+            .is_some_and(|vm| vm["spec"]["runStrategy"] == "Halted")
+    })
+    .await;
+    c.until("phase Stopped", T, |c| {
+        c.wukong("w")
+            .is_some_and(|w| w["status"]["phase"] == "Stopped")
+    })
+    .await;
+
+    // Once the disk binds and the VM may run, it starts with what was asked meanwhile.
+    c.api.faults(|f| f.unbound.clear());
+    c.patch_spec("w", json!({"runStrategy": "Always"})).await;
+    let w = c.converged("w").await;
+    assert_eq!(c.vm("w").unwrap()["spec"]["runStrategy"], "Always");
+    let vmi = c.vmi("w").unwrap();
+    assert_eq!(vmi["status"]["currentCPUTopology"]["sockets"], 3);
+    assert_eq!(vmi["status"]["memory"]["guestCurrent"], "3Gi");
+    assert_eq!(w["status"]["phase"], "Running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_fails_leaves_the_template_as_it_was_and_says_why() {
+    let c = Cluster::start().await;
+    c.create("w", &format!("{BASIC}  restartPolicy: Automatic\n"))
+        .await;
+    c.converged("w").await;
+    let boot = c.vmi("w").unwrap()["metadata"]["uid"].clone();
+    c.api.faults(|f| f.refuse_restart = true);
+    // 2 → 1 vCPUs needs a restart on KubeVirt.
+    c.patch_spec("w", json!({"cpu": 1})).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(
+        message.contains("restart") && message.contains("taken back out of the template"),
+        "{message}"
+    );
+    assert_eq!(
+        sockets(&c.vm("w").unwrap()),
+        2,
+        "a restart-only change is not left in the template when the restart fails"
+    );
+    let w = c.wukong("w").unwrap();
+    let steps = w["status"]["lastOperation"]["steps"].as_array().unwrap();
+    assert!(
+        steps.iter().all(|s| s["state"] != "Running"),
+        "no step stays Running: {}",
+        w["status"]
+    );
+    assert_eq!(
+        w["status"]["restartPending"], true,
+        "the change still waits for a restart: {}",
+        w["status"]
+    );
+    assert_eq!(
+        c.vmi("w").unwrap()["metadata"]["uid"],
+        boot,
+        "not restarted"
+    );
+    // Once the restart is allowed, a retry does it.
+    c.api.faults(|f| f.refuse_restart = false);
+    c.until("the restart", T, |c| {
+        c.vmi("w").is_some_and(|v| {
+            v["metadata"]["uid"] != boot && v["status"]["currentCPUTopology"]["sockets"] == 1
+        })
+    })
+    .await;
     c.converged("w").await;
 }

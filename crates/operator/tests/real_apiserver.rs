@@ -200,6 +200,7 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
     create(&client, &crd)
         .await
         .expect("deploy/crd.yaml is accepted");
+    names_are_judged_by_the_server_as_by_the_cli(&client).await;
 
     for object in manifests("namespace.yaml")
         .iter()
@@ -270,4 +271,41 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
         !allowed("", "pods", None, "delete").await,
         "pods are not deleted"
     );
+}
+
+/// The CRD's name rule, run by the real server, refuses what `wukong validate` refuses.
+async fn names_are_judged_by_the_server_as_by_the_cli(client: &Client) {
+    let wukong = |name: &str| -> Value {
+        serde_json::json!({
+            "apiVersion": "vm.novasphere.dev/v1alpha1", "kind": "Wukong",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"cpu": 1, "memory": "1Gi", "disks": [{"name": "system", "size": "10Gi"}]},
+        })
+    };
+    // The server serves the new kind once the CRD is established: until then a create is 404.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match create(client, &wukong("my-vm")).await {
+            Ok(()) => break,
+            Err(kube::Error::Api(e)) if e.code == 404 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("a valid Wukong must be accepted: {e}"),
+        }
+    }
+    for bad in ["my.vm", &"a".repeat(64)] {
+        assert!(
+            wukong_api::document::check_object_name(bad).is_err(),
+            "the CLI refuses {bad}"
+        );
+        match create(client, &wukong(bad)).await {
+            Err(kube::Error::Api(e)) => assert!(
+                e.code == 422 && e.message.contains("metadata.name"),
+                "{bad}: {} {}",
+                e.code,
+                e.message
+            ),
+            other => panic!("{bad} must be refused by the server, got {other:?}"),
+        }
+    }
 }

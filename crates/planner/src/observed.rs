@@ -14,6 +14,11 @@ pub struct Observed {
     pub config: VmConfig,
     /// Whether the VM runs.
     pub running: bool,
+    /// The platform starts the VM by itself and has not yet (KubeVirt with a run strategy that
+    /// runs it, its disks still binding or importing): no start step is needed, changes go to
+    /// its definition, and the start uses them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
     /// Memory the VM booted with: the floor of a live shrink.
     pub boot_memory: u64,
     /// The guest's own report, when its agent answers.
@@ -28,6 +33,7 @@ impl Observed {
         Observed {
             boot_memory: config.memory,
             running: true,
+            starting: false,
             guest: Some(guest),
             config,
         }

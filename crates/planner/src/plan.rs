@@ -388,7 +388,7 @@ pub fn plan(
         restart: Vec::new(),
     };
     let mut pre = Vec::new();
-    if observed.running && !should_run {
+    if (observed.running || observed.starting) && !should_run {
         pre.push(Step::new(Action::Stop, Mode::Live, "runStrategy is Halted"));
         b.running = false;
     }
@@ -571,7 +571,11 @@ pub fn plan(
         ))
     };
     steps.append(&mut b.restart);
-    if !observed.running && should_run && desired.run_strategy != RunStrategy::Manual {
+    if !observed.running
+        && !observed.starting
+        && should_run
+        && desired.run_strategy != RunStrategy::Manual
+    {
         steps.push(Step::new(
             Action::Start,
             Mode::Live,

@@ -2,7 +2,8 @@
 //! default, `WUKONG_BENCH_VMS` to change), the operator in another (`wukong operator`).
 //! Prints the time to reconcile them all from the operator's start, the reaction time to one
 //! change among them (until the change is verified and in status), and the operator's peak
-//! RSS. Targets: < 60 s, < 1 s, < 300 MB. Run: `cargo bench -p wukong --bench operator_scale`.
+//! RSS, then deletes the namespace and times until every Wukong is gone. Targets: < 60 s,
+//! < 1 s, < 300 MB. Run: `cargo bench -p wukong --bench operator_scale`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -106,6 +107,13 @@ fn main() {
     let api_pid = api.id();
     let _api = Killed(api);
     let base = line.trim().to_string();
+    let namespace = format!("{base}/api/v1/namespaces/{NS}");
+    http(
+        &format!("{base}/api/v1/namespaces"),
+        "POST",
+        "application/json",
+        Some(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})),
+    );
     let wukongs = format!("{base}/apis/vm.novasphere.dev/v1alpha1/namespaces/{NS}/wukongs");
     let created = Instant::now();
     for i in 0..n {
@@ -187,6 +195,35 @@ fn main() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let reaction = changed.elapsed();
+
+    // Deleting them all, as `kubectl delete namespace` does: every cleanup runs once and the
+    // operator makes nothing new in the terminating namespace.
+    let tally = |what: &str| {
+        http(
+            &format!("{base}/fake/converged"),
+            "GET",
+            "application/json",
+            None,
+        )[what]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let creates_before = tally("creates");
+    let deleting = Instant::now();
+    http(&namespace, "DELETE", "application/json", None);
+    loop {
+        let left = tally("total");
+        if left == 0 && http(&namespace, "GET", "application/json", None)["code"] == 404 {
+            break;
+        }
+        assert!(
+            deleting.elapsed() < Duration::from_secs(600),
+            "{left} Wukongs still there after 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deleted = deleting.elapsed();
+    let creates_while_deleting = tally("creates") - creates_before;
     let rss = peak_rss_mb(pid);
     println!("operator at scale ({n} Wukongs, fake API server in its own process)");
     println!(
@@ -200,6 +237,10 @@ fn main() {
     println!(
         "  operator peak RSS        : {:>8.0} MB  (target < 300 MB)",
         rss
+    );
+    println!(
+        "  delete the namespace     : {:>8.1} s   until every Wukong and the namespace are gone; {creates_while_deleting} create(s) tried meanwhile",
+        deleted.as_secs_f64()
     );
     println!(
         "  to converge all: {} API requests; CPU: operator {op_cpu:.1} s, API server {api_cpu:.1} s",

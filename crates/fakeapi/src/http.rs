@@ -60,7 +60,9 @@ async fn converged(State(server): State<Arc<Server>>) -> Response {
     json_response(
         200,
         &json!({"total": total, "converged": done,
-                "requests": server.requests.load(std::sync::atomic::Ordering::Relaxed)}),
+                "requests": server.requests.load(std::sync::atomic::Ordering::Relaxed),
+                "creates": server.store.writes("persistentvolumeclaims", "create")
+                    + server.store.writes("virtualmachines", "create")}),
     )
 }
 

@@ -44,6 +44,7 @@ macro_rules! kind {
 
 /// Every resource this server serves.
 pub static KINDS: &[Kind] = &[
+    kind!("", "v1", "namespaces", "Namespace", false, true, false),
     kind!("", "v1", "pods", "Pod", true, true, false),
     kind!(
         "",
@@ -147,6 +148,8 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human message.
     pub message: String,
+    /// The `details` of the `Status` (causes), when there are any.
+    pub details: Option<Value>,
 }
 
 impl ApiError {
@@ -156,6 +159,7 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
+            details: None,
         }
     }
 
@@ -184,8 +188,30 @@ impl ApiError {
 
     /// The `Status` object.
     pub fn status(&self) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code})
+        let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code});
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+
+    /// 403 for a create in a namespace being deleted, as the NamespaceLifecycle admission
+    /// plugin words it.
+    fn namespace_terminating(kind: &Kind, name: &str, ns: &str) -> Self {
+        let mut e = ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                kind.plural
+            ),
+        );
+        e.details = Some(json!({"name": name, "kind": kind.plural, "causes": [{
+            "reason": "NamespaceTerminating",
+            "message": format!("namespace {ns} is being terminated"),
+            "field": "metadata.namespace"}]}));
+        e
     }
 }
 
@@ -484,6 +510,14 @@ impl Store {
         }
         let mut g = self.inner.lock().expect("store");
         let k = key(kind, if kind.namespaced { ns } else { "" }, &name);
+        // A namespace nobody created exists implicitly; one being deleted takes nothing new.
+        if kind.namespaced
+            && g.objects
+                .get(&key(namespace_kind(), "", ns))
+                .is_some_and(|n| n["metadata"].get("deletionTimestamp").is_some())
+        {
+            return Err(ApiError::namespace_terminating(kind, &name, ns));
+        }
         if g.objects.contains_key(&k) {
             return Err(ApiError::new(
                 409,
@@ -678,6 +712,21 @@ impl Store {
         };
         g.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(g.rv.to_string());
+        if kind == namespace_kind() {
+            // The namespace controller: Terminating, then everything in it is deleted (each
+            // object after its finalizers), then the namespace itself.
+            if obj["metadata"].get("deletionTimestamp").is_none() {
+                obj["metadata"]["deletionTimestamp"] = json!(now());
+                obj["status"]["phase"] = json!("Terminating");
+                g.objects.insert(k, obj.clone());
+                self.record(&mut g, kind, "MODIFIED", obj.clone());
+            } else {
+                g.rv -= 1;
+            }
+            drop(g);
+            self.empty_namespace(name);
+            return Ok(obj);
+        }
         if !strings(&obj["metadata"]["finalizers"]).is_empty() {
             if obj["metadata"].get("deletionTimestamp").is_none() {
                 obj["metadata"]["deletionTimestamp"] = json!(now());
@@ -707,11 +756,51 @@ impl Store {
     ) -> Value {
         g.objects.remove(k);
         self.record(&mut g, kind, "DELETED", obj.clone());
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+        let terminating = kind.namespaced
+            && g.objects
+                .get(&key(namespace_kind(), "", ns))
+                .is_some_and(|n| n["metadata"].get("deletionTimestamp").is_some());
+        let last = terminating && !holds_any(&g, ns);
         drop(g);
-        if let Some(uid) = obj["metadata"]["uid"].as_str() {
+        // In a namespace being emptied, what the object owned goes anyway (owners and
+        // dependents share a namespace).
+        if !terminating && let Some(uid) = obj["metadata"]["uid"].as_str() {
             self.collect_garbage(uid);
         }
+        if last {
+            self.empty_namespace(ns);
+        }
         obj
+    }
+
+    /// Deletes everything in namespace `ns` (being deleted), and the namespace once nothing
+    /// is left in it.
+    fn empty_namespace(&self, ns: &str) {
+        let inside: Vec<(&'static Kind, String)> = {
+            let g = self.inner.lock().expect("store");
+            KINDS
+                .iter()
+                .filter(|k| k.namespaced)
+                .flat_map(|kind| {
+                    in_namespace(&g, kind, ns)
+                        .filter(|(_, v)| v["metadata"].get("deletionTimestamp").is_none())
+                        .map(move |((_, _, _, name), _)| (kind, name.clone()))
+                })
+                .collect()
+        };
+        for (kind, name) in inside {
+            let _ = self.delete(kind, ns, &name);
+        }
+        let mut g = self.inner.lock().expect("store");
+        let k = key(namespace_kind(), "", ns);
+        if holds_any(&g, ns) {
+            return;
+        }
+        if let Some(obj) = g.objects.remove(&k) {
+            g.rv += 1;
+            self.record(&mut g, namespace_kind(), "DELETED", obj);
+        }
     }
 
     /// Deletes what `uid` owned (the garbage collector's background cascade).
@@ -738,6 +827,29 @@ impl Store {
             let _ = self.delete(kind, &ns, &name);
         }
     }
+}
+
+/// The objects of `kind` in namespace `ns` (a range of the ordered map, not a scan).
+fn in_namespace<'a>(
+    g: &'a Inner,
+    kind: &'static Kind,
+    ns: &'a str,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+    g.objects
+        .range((kind.group, kind.plural, ns.to_string(), String::new())..)
+        .take_while(move |((gr, pl, n, _), _)| *gr == kind.group && *pl == kind.plural && n == ns)
+}
+
+/// Whether anything is left in namespace `ns`.
+fn holds_any(g: &Inner, ns: &str) -> bool {
+    KINDS
+        .iter()
+        .filter(|k| k.namespaced)
+        .any(|k| in_namespace(g, k, ns).next().is_some())
+}
+
+fn namespace_kind() -> &'static Kind {
+    Kind::named("", "Namespace")
 }
 
 fn conflict(kind: &Kind, name: &str) -> ApiError {

@@ -65,6 +65,13 @@ pub fn api_error(what: &str, e: kube::Error) -> BackendError {
     }
 }
 
+/// Whether the server refused a create because the namespace is being deleted: nothing is
+/// to be made there any more (the namespace's objects, this Wukong too, are on their way out).
+pub fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403
+        && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
 fn to_value(o: DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
 }
@@ -94,6 +101,9 @@ type Seen = (Option<Value>, Option<Value>, Vec<Value>);
 /// The KubeVirt CR and the StorageClasses.
 type ClusterWide = (Option<Value>, Vec<Value>);
 
+/// How long a namespace that refused a create for being deleted is left alone.
+const TERMINATING_TTL: Duration = Duration::from_secs(30);
+
 /// How long the KubeVirt CR and StorageClasses are reused.
 const CLUSTER_TTL: Duration = Duration::from_secs(10);
 
@@ -111,6 +121,8 @@ pub struct KubevirtBackend {
     counting: Mutex<HashSet<VmRef>>,
     /// Each VM's phase as its VMI last showed it.
     phases: Mutex<HashMap<VmRef, Phase>>,
+    /// Namespaces a create was refused in because they are being deleted, and when.
+    terminating: Mutex<HashMap<String, Instant>>,
     guest: Guest,
     timeouts: KubeTimeouts,
 }
@@ -127,6 +139,7 @@ impl KubevirtBackend {
             cluster: Mutex::new(None),
             counting: Mutex::new(HashSet::new()),
             phases: Mutex::new(HashMap::new()),
+            terminating: Mutex::new(HashMap::new()),
             timeouts,
         }
     }
@@ -161,6 +174,33 @@ impl KubevirtBackend {
     /// runs, whether or not its guest agent answers (Ready says that).
     pub fn phase(&self, vm: &VmRef) -> Option<Phase> {
         self.phases.lock().expect("phases").get(vm).copied()
+    }
+
+    /// Whether `ns` refused a create lately because it is being deleted: nothing is tried
+    /// there for a while (its objects are all on their way out), then once more (a namespace
+    /// of the same name may have been made since).
+    pub fn terminating(&self, ns: &str) -> bool {
+        let mut t = self.terminating.lock().expect("terminating");
+        match t.get(ns) {
+            Some(at) if at.elapsed() < TERMINATING_TTL => true,
+            Some(_) => {
+                t.remove(ns);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Notes that `e` (from a create in `ns`) says `ns` is being deleted, and whether it did.
+    pub fn note_terminating(&self, ns: &str, e: &kube::Error) -> bool {
+        let yes = namespace_terminating(e);
+        if yes {
+            self.terminating
+                .lock()
+                .expect("terminating")
+                .insert(ns.to_string(), Instant::now());
+        }
+        yes
     }
 
     fn api(&self, ar: &ApiResource, ns: &str) -> Api<DynamicObject> {
@@ -303,9 +343,19 @@ impl KubevirtBackend {
             Edit::CreatePvc(pvc) => {
                 let obj: DynamicObject = serde_json::from_value(pvc.clone())
                     .map_err(|e| BackendError::Failed(format!("PVC: {e}")))?;
+                let deleted = || {
+                    BackendError::Settling(format!(
+                        "namespace {} is being deleted: nothing new is made in it",
+                        vm.namespace
+                    ))
+                };
+                if self.terminating(&vm.namespace) {
+                    return Err(deleted());
+                }
                 match pvcs.create(&PostParams::default(), &obj).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(e) if self.note_terminating(&vm.namespace, &e) => Err(deleted()),
                     Err(e) => Err(api_error("PVC", e)),
                 }
             }
@@ -830,6 +880,28 @@ pub async fn delete_disks(client: &Client, vm: &VmRef) -> Result<usize, kube::Er
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_create_refused_for_a_terminating_namespace_is_told_apart() {
+        // The Status a kube-apiserver's NamespaceLifecycle admission answers with.
+        let status = |cause: &str| -> kube::Error {
+            kube::Error::Api(Box::new(
+                serde_json::from_value(json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                    "reason": "Forbidden",
+                    "message": "persistentvolumeclaims \"w-data\" is forbidden: unable to create new content in namespace t because it is being terminated",
+                    "details": {"name": "w-data", "kind": "persistentvolumeclaims",
+                                "causes": [{"reason": cause, "message": "namespace t is being terminated", "field": "metadata.namespace"}]}
+                }))
+                .unwrap(),
+            ))
+        };
+        assert!(namespace_terminating(&status("NamespaceTerminating")));
+        assert!(
+            !namespace_terminating(&status("")),
+            "a plain 403 (RBAC) is an error"
+        );
+    }
 
     #[test]
     fn guest_view_counts_cpus_and_reads_filesystems() {

@@ -331,7 +331,18 @@ async fn created(
     let generation = w.metadata.generation.unwrap_or(1);
     let name = &vm.name;
     let reference = w.object_ref(&());
-    create(ctx, w, config).await?;
+    // In a namespace being deleted nothing is made: its deletion (the namespace's) brings
+    // the next reconcile, the cleanup.
+    if ctx.backend.terminating(&vm.namespace) {
+        return Ok(Action::await_change());
+    }
+    match create(ctx, w, config).await {
+        Ok(()) => {}
+        Err(Error::Kube(e)) if ctx.backend.note_terminating(&vm.namespace, &e) => {
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    }
     status.max_cpu = Some(pinned.max_cpu);
     status.max_memory = Some(wukong_api::Quantity::from_bytes(pinned.max_memory));
     status.boot_disk = pinned.boot_disk.clone();

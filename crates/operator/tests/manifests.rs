@@ -26,16 +26,23 @@ fn kustomization_lists_every_manifest() {
         .iter()
         .map(|r| r.as_str().unwrap())
         .collect();
-    for f in ["namespace.yaml", "crd.yaml", "rbac.yaml", "deployment.yaml"] {
+    for f in [
+        "namespace.yaml",
+        "crd.yaml",
+        "rbac.yaml",
+        "guest-exec.yaml",
+        "guest-exec-cluster.yaml",
+        "deployment.yaml",
+    ] {
         assert!(listed.contains(f), "{f} missing from kustomization");
         assert!(!docs(f).is_empty());
     }
+    // The per-namespace alternative is applied by hand, namespace by namespace.
+    assert!(!listed.contains("guest-exec-namespace.yaml"));
 }
 
-#[test]
-fn rbac_grants_exactly_what_the_operator_uses() {
-    let rbac = docs("rbac.yaml");
-    let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+/// `group/resource:verb` of every rule of a role, refusing wildcards.
+fn grants(role: &Value) -> BTreeSet<String> {
     let mut granted = BTreeSet::new();
     for rule in role["rules"].as_array().unwrap() {
         for g in rule["apiGroups"].as_array().unwrap() {
@@ -52,7 +59,48 @@ fn rbac_grants_exactly_what_the_operator_uses() {
             }
         }
     }
-    // Every call the operator makes (controller.rs, backend.rs, guest.rs), and nothing else.
+    granted
+}
+
+#[test]
+fn guest_exec_is_granted_apart_cluster_wide_or_per_namespace() {
+    let role = &docs("guest-exec.yaml")[0];
+    assert_eq!(role["kind"], "ClusterRole");
+    let want: BTreeSet<String> = ["/pods/exec:get", "/pods/exec:create"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(grants(role), want);
+    let sa = docs("rbac.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .unwrap();
+    for (file, kind) in [
+        ("guest-exec-cluster.yaml", "ClusterRoleBinding"),
+        ("guest-exec-namespace.yaml", "RoleBinding"),
+    ] {
+        let b = &docs(file)[0];
+        assert_eq!(b["kind"], kind, "{file}");
+        assert_eq!(b["roleRef"]["name"], role["metadata"]["name"], "{file}");
+        assert_eq!(b["subjects"][0]["name"], sa["metadata"]["name"], "{file}");
+        assert_eq!(
+            b["subjects"][0]["namespace"], sa["metadata"]["namespace"],
+            "{file}"
+        );
+        assert!(
+            b["metadata"].get("namespace").is_none(),
+            "{file}: the namespace comes from the install"
+        );
+    }
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_operator_uses() {
+    let rbac = docs("rbac.yaml");
+    let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    let granted = grants(role);
+    // Every call the operator makes (controller.rs, backend.rs, guest.rs) but guest exec
+    // (granted apart), and nothing else.
     let used: BTreeSet<String> = [
         "vm.novasphere.dev/wukongs:get",
         "vm.novasphere.dev/wukongs:list",
@@ -84,8 +132,6 @@ fn rbac_grants_exactly_what_the_operator_uses() {
         "/persistentvolumeclaims:delete",
         "/pods:get",
         "/pods:list",
-        "/pods/exec:get",
-        "/pods/exec:create",
         "storage.k8s.io/storageclasses:get",
         "storage.k8s.io/storageclasses:list",
         "events.k8s.io/events:create",

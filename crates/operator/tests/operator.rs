@@ -583,3 +583,49 @@ async fn a_restart_that_fails_leaves_the_template_as_it_was_and_says_why() {
     .await;
     c.converged("w").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_being_deleted_gets_nothing_new_and_its_wukongs_go() {
+    use common::NS;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::Api;
+    let c = Cluster::start().await;
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    namespaces
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    for name in ["a", "b", "c"] {
+        c.create(name, BASIC).await;
+    }
+    for name in ["a", "b", "c"] {
+        c.converged(name).await;
+    }
+    let creates = |c: &Cluster| {
+        c.api.store.writes("persistentvolumeclaims", "create")
+            + c.api.store.writes("virtualmachines", "create")
+    };
+    let before = creates(&c);
+    // The namespace controller deletes the VMs first: the operator must not take the
+    // missing VMs for new Wukongs and make them again.
+    namespaces
+        .delete(NS, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    c.until("the namespace to be gone", T, |c| {
+        c.api.get("", "Namespace", "", NS).is_none()
+    })
+    .await;
+    for name in ["a", "b", "c"] {
+        assert!(c.wukong(name).is_none() && c.vm(name).is_none());
+        assert!(c.pvc(&format!("{name}-system")).is_none());
+    }
+    let attempts = creates(&c) - before;
+    assert!(
+        attempts <= 3,
+        "at most one refused create per Wukong, no retries: {attempts}"
+    );
+}

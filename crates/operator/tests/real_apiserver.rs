@@ -202,9 +202,15 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
         .expect("deploy/crd.yaml is accepted");
     names_are_judged_by_the_server_as_by_the_cli(&client).await;
 
+    let mut tenant = manifests("namespace.yaml").remove(0);
+    tenant["metadata"]["name"] = "tenant".into();
+    let mut exec_in_tenant = manifests("guest-exec-namespace.yaml").remove(0);
+    exec_in_tenant["metadata"]["namespace"] = "tenant".into();
     for object in manifests("namespace.yaml")
         .iter()
         .chain(manifests("rbac.yaml").iter())
+        .chain(manifests("guest-exec.yaml").iter())
+        .chain([tenant, exec_in_tenant].iter())
     {
         create(&client, object)
             .await
@@ -220,7 +226,7 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
         sa["metadata"]["name"].as_str().unwrap()
     );
     let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
-    let allowed = |group: &str, resource: &str, sub: Option<&str>, verb: &str| {
+    let allowed_in = |ns: &str, group: &str, resource: &str, sub: Option<&str>, verb: &str| {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(user.clone()),
@@ -233,7 +239,7 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
                     resource: Some(resource.into()),
                     subresource: sub.map(String::from),
                     verb: Some(verb.into()),
-                    namespace: Some("default".into()),
+                    namespace: Some(ns.into()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -250,16 +256,31 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
                 .is_some_and(|s| s.allowed)
         }
     };
-    // Exec over a WebSocket is a GET: `get` (and `create` from Kubernetes 1.35).
-    assert!(
-        allowed("", "pods", Some("exec"), "get").await,
-        "pods/exec get"
-    );
-    assert!(
-        allowed("", "pods", Some("exec"), "create").await,
-        "pods/exec create"
-    );
-    assert!(allowed("kubevirt.io", "virtualmachines", None, "patch").await);
+    let allowed = |group: &'static str, resource: &'static str, sub, verb: &'static str| {
+        allowed_in("default", group, resource, sub, verb)
+    };
+    // Exec over a WebSocket is a GET: `get` (and `create` from Kubernetes 1.35). Bound per
+    // namespace, it is allowed there and nowhere else.
+    for verb in ["get", "create"] {
+        assert!(
+            eventually(|| allowed_in("tenant", "", "pods", Some("exec"), verb)).await,
+            "pods/exec {verb} where the RoleBinding is"
+        );
+        assert!(
+            !allowed("", "pods", Some("exec"), verb).await,
+            "pods/exec {verb} nowhere else"
+        );
+    }
+    create(&client, &manifests("guest-exec-cluster.yaml").remove(0))
+        .await
+        .unwrap();
+    for verb in ["get", "create"] {
+        assert!(
+            eventually(|| allowed("", "pods", Some("exec"), verb)).await,
+            "pods/exec {verb} everywhere with the default binding"
+        );
+    }
+    assert!(eventually(|| allowed("kubevirt.io", "virtualmachines", None, "patch")).await);
     assert!(allowed("", "persistentvolumeclaims", None, "create").await);
     assert!(allowed("vm.novasphere.dev", "wukongs", Some("status"), "patch").await);
     // Least privilege: nothing beyond.
@@ -271,6 +292,21 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
         !allowed("", "pods", None, "delete").await,
         "pods are not deleted"
     );
+}
+
+/// Whether `check` comes true within 20 s: the authorizer reads RBAC objects from a cache that
+/// follows their creation by a moment.
+async fn eventually<F: std::future::Future<Output = bool>>(check: impl Fn() -> F) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The CRD's name rule, run by the real server, refuses what `wukong validate` refuses.

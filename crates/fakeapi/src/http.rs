@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::auth::{Attributes, Token, authenticate, authorize};
 use crate::kubevirt::Sim;
 use crate::store::{ApiError, Change, Kind, Store, Sub};
 
@@ -26,6 +27,8 @@ pub struct Server {
     pub bookmark_every: Duration,
     /// Requests served (for the benchmark).
     pub requests: std::sync::atomic::AtomicU64,
+    /// Bearer tokens; none = no authentication and no authorization.
+    pub tokens: Vec<Token>,
 }
 
 /// The router.
@@ -39,13 +42,130 @@ pub fn router(server: Arc<Server>) -> Router {
             "/version",
             axum::routing::get(|| async {
                 axum::Json(
-                    json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-wukong-fake"}),
+                    json!({"major": "1", "minor": "32", "gitVersion": "v1.32.13-wukong-fake"}),
                 )
             }),
         )
-        .route("/fake/converged", axum::routing::get(converged))
         .fallback(handle)
+        .layer(axum::middleware::from_fn_with_state(server.clone(), guard))
+        .route("/fake/converged", axum::routing::get(converged))
         .with_state(server)
+}
+
+/// Authenticates and authorizes every Kubernetes request (not `/version`, not `/fake/…`).
+async fn guard(
+    State(server): State<Arc<Server>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let who = match authenticate(&server.tokens, request.headers()) {
+        Ok(Some(who)) => who,
+        Ok(None) => return next.run(request).await,
+        Err(e) => return error_response(&e),
+    };
+    if request.uri().path() != "/version" {
+        let q = query_pairs(request.uri().query().unwrap_or_default());
+        let asked = match attributes(request.method(), request.uri().path(), &q) {
+            Ok(a) => a,
+            Err(e) => return error_response(&e),
+        };
+        for a in &asked {
+            if let Err(e) = authorize(&server.store, who, a) {
+                return error_response(&e);
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// What a request asks to do, in RBAC's terms (pod exec over a WebSocket asks two things).
+fn attributes(
+    method: &Method,
+    path: &str,
+    q: &[(String, String)],
+) -> Result<Vec<Attributes>, ApiError> {
+    let one = |verb,
+               group: &str,
+               resource: &str,
+               sub: Option<&str>,
+               ns: Option<&str>,
+               name: Option<&str>| Attributes {
+        verb,
+        group: group.to_string(),
+        resource: resource.to_string(),
+        subresource: sub.map(String::from),
+        namespace: ns.map(String::from),
+        name: name.map(String::from),
+    };
+    Ok(match parse(path)? {
+        Target::Collection { kind, ns } => {
+            let verb = match *method {
+                Method::GET if matches!(param(q, "watch"), Some("true" | "1")) => "watch",
+                Method::GET => "list",
+                Method::POST => "create",
+                Method::DELETE => "deletecollection",
+                _ => "unknown",
+            };
+            vec![one(
+                verb,
+                kind.group,
+                kind.plural,
+                None,
+                ns.as_deref(),
+                None,
+            )]
+        }
+        Target::Object {
+            kind,
+            ns,
+            name,
+            sub,
+        } => {
+            let ns = kind.namespaced.then_some(ns.as_str());
+            let verb = match *method {
+                Method::GET if sub.as_deref() == Some("exec") => {
+                    return Ok(["get", "create"]
+                        .into_iter()
+                        .map(|v| one(v, kind.group, kind.plural, sub.as_deref(), ns, Some(&name)))
+                        .collect());
+                }
+                Method::GET => "get",
+                Method::POST => "create",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                Method::DELETE => "delete",
+                _ => "unknown",
+            };
+            vec![one(
+                verb,
+                kind.group,
+                kind.plural,
+                sub.as_deref(),
+                ns,
+                Some(&name),
+            )]
+        }
+        Target::KubevirtSub {
+            resource,
+            ns,
+            name,
+            action,
+        } => {
+            let verb = match *method {
+                Method::GET => "get",
+                Method::PUT => "update",
+                _ => "unknown",
+            };
+            vec![one(
+                verb,
+                "subresources.kubevirt.io",
+                &resource,
+                Some(&action),
+                Some(&ns),
+                Some(&name),
+            )]
+        }
+    })
 }
 
 /// Not Kubernetes: how many Wukongs exist and how many are converged and running (for the

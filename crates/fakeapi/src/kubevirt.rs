@@ -36,8 +36,6 @@ pub struct Faults {
     pub unbound: HashSet<String>,
     /// `virtualmachines/restart` is refused (no RBAC for it).
     pub refuse_restart: bool,
-    /// Pod exec is refused (no RBAC, no exec).
-    pub no_exec: bool,
     /// The guest agent refuses `guest-exec` (a locked-down agent policy).
     pub agent_blocks_exec: bool,
 }
@@ -1113,15 +1111,6 @@ pub async fn exec(
     ws: WebSocketUpgrade,
 ) -> Response {
     let q = query_pairs(uri.query().unwrap_or_default());
-    if server.sim.faults.lock().expect("faults").no_exec {
-        return error_response(&ApiError::new(
-            403,
-            "Forbidden",
-            format!(
-                "pods \"{pod}\" is forbidden: User cannot create resource \"pods/exec\" in API group \"\" in the namespace \"{ns}\""
-            ),
-        ));
-    }
     let argv: Vec<String> = q
         .iter()
         .filter(|(k, _)| k == "command")

@@ -5,6 +5,7 @@
 //! timestamps, JSON and merge patches, and a simulated KubeVirt (see [`kubevirt`]).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod http;
 pub mod kubevirt;
 pub mod store;
@@ -30,12 +31,14 @@ pub struct FakeApi {
 }
 
 /// Knobs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Changes kept for watches to resume from.
     pub history: usize,
     /// Bookmark period for watches that ask for them.
     pub bookmark_every: Duration,
+    /// Bearer tokens the server knows; with none, nothing is authenticated or authorized.
+    pub tokens: Vec<auth::Token>,
 }
 
 impl Default for Options {
@@ -43,6 +46,7 @@ impl Default for Options {
         Options {
             history: 100_000,
             bookmark_every: Duration::from_secs(1),
+            tokens: Vec::new(),
         }
     }
 }
@@ -63,6 +67,7 @@ impl FakeApi {
             sim: sim.clone(),
             bookmark_every: opts.bookmark_every,
             requests: Default::default(),
+            tokens: opts.tokens,
         });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;

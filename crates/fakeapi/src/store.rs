@@ -45,6 +45,51 @@ macro_rules! kind {
 /// Every resource this server serves.
 pub static KINDS: &[Kind] = &[
     kind!("", "v1", "namespaces", "Namespace", false, true, false),
+    kind!(
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        true,
+        false,
+        false
+    ),
+    kind!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "Role",
+        true,
+        false,
+        false
+    ),
+    kind!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+        true,
+        false,
+        false
+    ),
+    kind!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+        false,
+        false,
+        false
+    ),
+    kind!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+        false,
+        false
+    ),
     kind!("", "v1", "pods", "Pod", true, true, false),
     kind!(
         "",
@@ -447,7 +492,7 @@ impl Store {
         let _ = self.tx.send(change);
     }
 
-    fn validate(&self, g: &Inner, kind: &Kind, new: &Value, old: Option<&Value>) -> Vec<String> {
+    fn validate(&self, kind: &Kind, new: &Value, old: Option<&Value>) -> Vec<String> {
         let mut errors = Vec::new();
         match kind.kind {
             "Wukong" => {
@@ -473,7 +518,7 @@ impl Store {
                 errors.extend(self.kubevirt.validate("v1.VirtualMachineInstance", new))
             }
             "KubeVirt" => errors.extend(self.kubevirt.validate("v1.KubeVirt", new)),
-            "PersistentVolumeClaim" => errors.extend(pvc_rules(g, new, old)),
+            "PersistentVolumeClaim" => errors.extend(pvc_rules(new, old)),
             _ => {}
         }
         errors
@@ -564,7 +609,7 @@ impl Store {
                 obj["spec"]["storageClassName"] = sc;
             }
         }
-        let errors = self.validate(&g, kind, &obj, None);
+        let errors = self.validate(kind, &obj, None);
         if !errors.is_empty() {
             g.rv -= 1;
             return Err(ApiError::invalid(kind, &name, &errors));
@@ -685,7 +730,10 @@ impl Store {
                 result["metadata"]["generation"] = json!(gen_);
             }
         }
-        let errors = self.validate(&g, kind, &result, Some(&old));
+        if kind.kind == "PersistentVolumeClaim" && sub == Sub::Main {
+            pvc_resize_admission(&g, name, &result, &old)?;
+        }
+        let errors = self.validate(kind, &result, Some(&old));
         if !errors.is_empty() {
             return Err(ApiError::invalid(kind, name, &errors));
         }
@@ -864,8 +912,8 @@ fn conflict(kind: &Kind, name: &str) -> ApiError {
 }
 
 /// The rules a real API server applies to PVC updates: the spec is immutable except the
-/// storage request, which may only grow, and only where the StorageClass allows expansion.
-fn pvc_rules(g: &Inner, new: &Value, old: Option<&Value>) -> Vec<String> {
+/// storage request, which may only grow, and only once the claim is bound.
+fn pvc_rules(new: &Value, old: Option<&Value>) -> Vec<String> {
     let Some(old) = old else {
         return match new["spec"]["resources"]["requests"]
             .get("storage")
@@ -894,25 +942,40 @@ fn pvc_rules(g: &Inner, new: &Value, old: Option<&Value>) -> Vec<String> {
             "spec.resources.requests.storage: Forbidden: field can not be less than previous value"
                 .into(),
         ),
-        (Some(n), Some(o)) if n > o => {
-            let sc = new["spec"]["storageClassName"].as_str().unwrap_or_default();
-            let expandable = g
-                .objects
-                .get(&(
-                    "storage.k8s.io",
-                    "storageclasses",
-                    String::new(),
-                    sc.to_string(),
-                ))
-                .is_some_and(|c| c["allowVolumeExpansion"] == true);
-            if !expandable {
-                errors.push(format!(
-                    "spec.resources.requests.storage: Forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize (storage class {sc:?})"
-                ));
-            }
-        }
+        (Some(n), Some(o)) if n > o && old["status"]["phase"] != "Bound" => errors.push(
+            "spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims".into(),
+        ),
         (None, _) => errors.push("spec.resources.requests.storage: Required value".into()),
         _ => {}
     }
     errors
+}
+
+/// The PersistentVolumeClaimResize admission plugin: a larger request only where the
+/// StorageClass allows expansion, refused with 403 (admission, not validation).
+fn pvc_resize_admission(g: &Inner, name: &str, new: &Value, old: &Value) -> Result<(), ApiError> {
+    let storage = |v: &Value| bytes(&v["spec"]["resources"]["requests"]["storage"]);
+    if !matches!((storage(new), storage(old)), (Some(n), Some(o)) if n > o) {
+        return Ok(());
+    }
+    let sc = new["spec"]["storageClassName"].as_str().unwrap_or_default();
+    let expandable = g
+        .objects
+        .get(&(
+            "storage.k8s.io",
+            "storageclasses",
+            String::new(),
+            sc.to_string(),
+        ))
+        .is_some_and(|c| c["allowVolumeExpansion"] == true);
+    if expandable {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "persistentvolumeclaims \"{name}\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"
+        ),
+    ))
 }

@@ -11,6 +11,7 @@ async fn start() -> (FakeApi, Client) {
     let api = FakeApi::start(Options {
         history: 100,
         bookmark_every: std::time::Duration::from_millis(100),
+        ..Options::default()
     })
     .await
     .unwrap();
@@ -40,6 +41,10 @@ async fn call(
         Err(kube::Error::Api(s)) => Err((s.code, s.message)),
         Err(e) => panic!("{e}"),
     }
+}
+
+async fn get(c: &Client, url: &str) -> Result<Value, (u16, String)> {
+    call(c, "GET", url, "application/json", Value::Null).await
 }
 
 async fn post(c: &Client, url: &str, body: Value) -> Result<Value, (u16, String)> {
@@ -249,8 +254,17 @@ async fn pvcs_only_grow_and_only_where_the_class_allows() {
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": class, "resources": {"requests": {"storage": "10Gi"}}}})
     };
+    let mut changes = _api.store.subscribe();
     post(&c, PVCS, pvc("a", "expandable")).await.unwrap();
     post(&c, PVCS, pvc("b", "fixed")).await.unwrap();
+    // Only a bound claim may grow: wait for the provisioner.
+    let bound = |name: &str| {
+        _api.get("", "PersistentVolumeClaim", "ns", name)
+            .is_some_and(|p| p["status"]["phase"] == "Bound")
+    };
+    while !(bound("a") && bound("b")) {
+        changes.recv().await.unwrap();
+    }
     let size = |s: &str| json!({"spec": {"resources": {"requests": {"storage": s}}}});
     let merge = "application/merge-patch+json";
     let (code, msg) = call(&c, "PATCH", &format!("{PVCS}/a"), merge, size("5Gi"))
@@ -258,9 +272,10 @@ async fn pvcs_only_grow_and_only_where_the_class_allows() {
         .unwrap_err();
     assert_eq!(code, 422);
     assert!(msg.contains("can not be less than"), "{msg}");
-    let (_, msg) = call(&c, "PATCH", &format!("{PVCS}/b"), merge, size("20Gi"))
+    let (code, msg) = call(&c, "PATCH", &format!("{PVCS}/b"), merge, size("20Gi"))
         .await
         .unwrap_err();
+    assert_eq!(code, 403, "admission, as a real server answers");
     assert!(msg.contains("must support resize"), "{msg}");
     call(&c, "PATCH", &format!("{PVCS}/a"), merge, size("20Gi"))
         .await
@@ -333,4 +348,69 @@ async fn watches_resume_bookmark_and_expire_with_410() {
     .await
     .unwrap();
     assert_eq!(rest["items"][0]["metadata"]["name"], "w2");
+}
+
+#[tokio::test]
+async fn requests_are_authenticated_and_authorized_by_rbac() {
+    use wukong_fakeapi::auth::Token;
+    let token = |t: &str, user: &str, groups: &[&str]| Token {
+        token: t.into(),
+        user: user.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    };
+    let api = FakeApi::start(Options {
+        tokens: vec![
+            token("admin", "admin", &["system:masters"]),
+            token("bob", "bob", &["system:authenticated"]),
+        ],
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let as_user = |t: Option<&str>| {
+        let mut config = kube::Config::new(api.url().parse().unwrap());
+        config.auth_info.token = t.map(|t| t.to_string().into());
+        Client::try_from(config).unwrap()
+    };
+    let (admin, bob, nobody) = (as_user(Some("admin")), as_user(Some("bob")), as_user(None));
+    let wukongs = "/apis/vm.novasphere.dev/v1alpha1/namespaces/ns/wukongs";
+    assert_eq!(get(&nobody, wukongs).await.unwrap_err().0, 401);
+    get(&admin, wukongs).await.unwrap();
+    let (code, msg) = get(&bob, wukongs).await.unwrap_err();
+    assert_eq!(code, 403);
+    assert_eq!(
+        msg,
+        r#"wukongs.vm.novasphere.dev is forbidden: User "bob" cannot list resource "wukongs" in API group "vm.novasphere.dev" in the namespace "ns""#,
+        "worded as a kube-apiserver words it"
+    );
+    // A Role granting exec `get` only: a WebSocket exec (a GET) needs `create` as well.
+    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/ns";
+    post(&admin, &format!("{rbac}/roles"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "exec"}, "rules": [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get"]},
+                                                {"apiGroups": ["vm.novasphere.dev"], "resources": ["wukongs"], "verbs": ["list"]}]}))
+        .await
+        .unwrap();
+    post(&admin, &format!("{rbac}/rolebindings"), json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "exec"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "exec"},
+        "subjects": [{"kind": "User", "name": "bob"}]}))
+        .await
+        .unwrap();
+    get(&bob, wukongs).await.unwrap();
+    let other = "/apis/vm.novasphere.dev/v1alpha1/namespaces/other/wukongs";
+    assert_eq!(
+        get(&bob, other).await.unwrap_err().0,
+        403,
+        "only where bound"
+    );
+    let (code, msg) = get(
+        &bob,
+        "/api/v1/namespaces/ns/pods/virt-launcher-x/exec?command=true",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 403);
+    assert!(
+        msg.contains(r#"cannot create resource "pods/exec""#),
+        "{msg}"
+    );
 }

@@ -9,6 +9,7 @@ use kube::{Client, Config};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use wukong_api::Wukong;
+use wukong_fakeapi::auth::Token;
 use wukong_fakeapi::{FakeApi, Options as FakeOptions};
 use wukong_operator::Options;
 
@@ -21,8 +22,72 @@ pub struct Cluster {
     pub opts: Options,
 }
 
-pub fn client_for(api: &FakeApi) -> Client {
-    Client::try_from(Config::new(api.url().parse().unwrap())).unwrap()
+/// The test's own token: group system:masters, it may do everything.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The operator's: its ServiceAccount, allowed what `deploy/` grants and nothing more.
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+
+pub fn client_for(api: &FakeApi, token: &str) -> Client {
+    let mut config = Config::new(api.url().parse().unwrap());
+    config.auth_info.token = Some(token.to_string().into());
+    Client::try_from(config).unwrap()
+}
+
+fn deploy(file: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy")
+            .join(file),
+    )
+    .unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// The objects of `deploy/FILE` put into the fake's store (namespaced ones without a
+/// namespace of their own into `ns`).
+pub fn install(api: &FakeApi, file: &str, ns: Option<&str>) {
+    for object in deploy(file) {
+        let kind = api_kind(&object);
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .or(ns)
+            .unwrap_or_default()
+            .to_string();
+        api.store.create(kind, &ns, object).unwrap();
+    }
+}
+
+/// The operator's identity and grants, exactly as `kubectl apply -k deploy/` installs them.
+fn install_rbac(api: &FakeApi) {
+    for file in ["rbac.yaml", "guest-exec.yaml", "guest-exec-cluster.yaml"] {
+        install(api, file, None);
+    }
+}
+
+fn api_kind(object: &Value) -> &'static wukong_fakeapi::Kind {
+    let group = object["apiVersion"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g);
+    wukong_fakeapi::Kind::named(group, object["kind"].as_str().unwrap())
+}
+
+/// The user name of the operator's ServiceAccount.
+pub fn operator_user() -> String {
+    let sa = deploy("rbac.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .unwrap();
+    format!(
+        "system:serviceaccount:{}:{}",
+        sa["metadata"]["namespace"].as_str().unwrap(),
+        sa["metadata"]["name"].as_str().unwrap()
+    )
 }
 
 impl Cluster {
@@ -35,13 +100,31 @@ impl Cluster {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
+        let token = |token: &str, user: String, groups: &[&str]| Token {
+            token: token.into(),
+            user,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
         let api = FakeApi::start(FakeOptions {
             history: 100_000,
             bookmark_every: Duration::from_millis(300),
+            tokens: vec![
+                token(
+                    ADMIN_TOKEN,
+                    "admin".into(),
+                    &["system:masters", "system:authenticated"],
+                ),
+                token(
+                    OPERATOR_TOKEN,
+                    operator_user(),
+                    &["system:serviceaccounts", "system:authenticated"],
+                ),
+            ],
         })
         .await
         .unwrap();
-        let client = client_for(&api);
+        install_rbac(&api);
+        let client = client_for(&api, ADMIN_TOKEN);
         let mut opts = Options {
             // Generous: a loaded CI machine must not turn a slow step into a failure.
             verify_timeout: Duration::from_secs(15),
@@ -64,7 +147,8 @@ impl Cluster {
 
     pub fn start_operator(&mut self) {
         let (tx, rx) = oneshot::channel::<()>();
-        let client = self.client.clone();
+        // The operator runs as its ServiceAccount: a call deploy/ does not grant is a 403.
+        let client = client_for(&self.api, OPERATOR_TOKEN);
         let opts = self.opts.clone();
         let task = tokio::spawn(async move {
             wukong_operator::run(client, opts, async {

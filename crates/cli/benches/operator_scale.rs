@@ -90,13 +90,32 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The fake API server's own binary (not part of `wukong`), built next to it in the
+/// benchmark's profile.
+fn fake_apiserver() -> std::path::PathBuf {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "wukong-fakeapi",
+            "--bin",
+            "wukong-fake-apiserver",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building wukong-fake-apiserver");
+    std::path::Path::new(BIN).with_file_name("wukong-fake-apiserver")
+}
+
 fn main() {
     let n: usize = std::env::var("WUKONG_BENCH_VMS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let mut api = Command::new(BIN)
-        .args(["fake-apiserver", "--listen", "127.0.0.1:0"])
+    let mut api = Command::new(fake_apiserver())
+        .arg("127.0.0.1:0")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

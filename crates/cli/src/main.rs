@@ -247,14 +247,6 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run the Kubernetes operator (Wukongs → KubeVirt VMs and PVCs).
     Operator(operator::OperatorArgs),
-    /// A fake Kubernetes API server with a simulated KubeVirt (for trying the operator and
-    /// for its benchmark); prints its URL.
-    #[command(hide = true)]
-    FakeApiserver {
-        /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: std::net::SocketAddr,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -445,7 +437,6 @@ async fn run(command: Command) -> Result<i32, Failure> {
         } => ok(remote::image_build(&remote::image_dir(dir)).await),
         Command::Serve(args) => ok(serve::serve(args).await),
         Command::Operator(args) => ok(operator::operator(args).await),
-        Command::FakeApiserver { listen } => ok(operator::fake_apiserver(listen).await),
         Command::Demo { target } => ok(demo::run(&target.target()).await),
     }
 }

@@ -69,19 +69,3 @@ pub async fn operator(a: OperatorArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::Failed(e.to_string()))
 }
-
-/// Serves a fake API server until SIGINT/SIGTERM.
-pub async fn fake_apiserver(listen: SocketAddr) -> Result<(), Failure> {
-    let api = wukong_fakeapi::FakeApi::start_on(listen, wukong_fakeapi::Options::default())
-        .await
-        .map_err(|e| Failure::Failed(format!("listen on {listen}: {e}")))?;
-    println!("{}", api.url());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure::Failed(e.to_string()))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    api.stop();
-    Ok(())
-}

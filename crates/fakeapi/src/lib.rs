@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod crd_cost;
 pub mod http;
 pub mod kubevirt;
 pub mod store;

@@ -46,6 +46,15 @@ macro_rules! kind {
 pub static KINDS: &[Kind] = &[
     kind!("", "v1", "namespaces", "Namespace", false, true, false),
     kind!(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        true,
+        true
+    ),
+    kind!(
         "",
         "v1",
         "serviceaccounts",
@@ -519,6 +528,13 @@ impl Store {
             }
             "KubeVirt" => errors.extend(self.kubevirt.validate("v1.KubeVirt", new)),
             "PersistentVolumeClaim" => errors.extend(pvc_rules(new, old)),
+            "CustomResourceDefinition" => {
+                for v in new["spec"]["versions"].as_array().into_iter().flatten() {
+                    errors.extend(crate::crd_cost::refused_rules(
+                        &v["schema"]["openAPIV3Schema"],
+                    ));
+                }
+            }
             _ => {}
         }
         errors

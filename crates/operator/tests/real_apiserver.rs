@@ -197,6 +197,7 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
         ),
         other => panic!("an unbounded disk list must be refused, got {other:?}"),
     }
+    crd_verdicts_are_the_servers(&client, &crd).await;
     create(&client, &crd)
         .await
         .expect("deploy/crd.yaml is accepted");
@@ -331,4 +332,39 @@ async fn names_are_judged_by_the_server_as_by_the_cli(client: &Client) {
             other => panic!("{bad} must be refused by the server, got {other:?}"),
         }
     }
+}
+
+/// The recorded CRD verdicts (which the fake's cost estimator must give too) are the server's.
+async fn crd_verdicts_are_the_servers(client: &Client, crd: &Value) {
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/crd-verdicts.json")).unwrap();
+    let mut seen = Vec::new();
+    for (i, v) in fixture["variants"].as_array().unwrap().iter().enumerate() {
+        let mut variant = crd.clone();
+        let group = format!("v{i}.fixture.novasphere.dev");
+        variant["metadata"]["name"] = format!("wukongs.{group}").into();
+        variant["spec"]["group"] = group.into();
+        if let Some(pointer) = v["remove"].as_str() {
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            let schema = &mut variant["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            schema
+                .pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .and_then(|o| o.remove(key))
+                .unwrap_or_else(|| panic!("{pointer} is in the CRD"));
+        }
+        let accepted = match create(client, &variant).await {
+            Ok(()) => true,
+            Err(kube::Error::Api(e))
+                if e.message.contains("estimated rule cost exceeds budget") =>
+            {
+                false
+            }
+            Err(e) => panic!("{}: {e}", v["remove"]),
+        };
+        seen.push(format!("{}: {accepted}", v["remove"]));
+        if let Some(want) = v["accepted"].as_bool() {
+            assert_eq!(accepted, want, "{}", v["remove"]);
+        }
+    }
+    eprintln!("CRD verdicts of the real server:\n{}", seen.join("\n"));
 }

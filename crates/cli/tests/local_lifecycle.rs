@@ -26,6 +26,21 @@ fn boots_from_a_spec_and_the_guest_has_what_it_says() {
     assert_eq!(d.disk_bytes("vm1", "scratch"), Some(256 << 20));
     let df = d.exec("vm1", &["df", "-k", "/mnt/system"]);
     assert!(df.contains("/dev/vda"), "{df}");
+    // The format and the mount are steps of the operation that booted it, planned once the
+    // guest ran (not hidden in the boot).
+    let steps: Vec<String> = o["status"]["lastOperation"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {}", s["description"], s["state"]))
+        .collect();
+    assert!(
+        steps.iter().any(|s| s.contains("start") && s.contains("Done"))
+            && steps
+                .iter()
+                .any(|s| s.contains("format system as ext4 if blank") && s.contains("Done")),
+        "{steps:?}"
+    );
     // Pinned at creation: maxMemory 4x.
     assert_eq!(o["status"]["maxMemory"], "2Gi");
     assert_eq!(o["status"]["bootDisk"], "system");

@@ -188,189 +188,230 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
         // Resources whose step failed in this operation: their later steps depend on it and
         // do not run; the other resources' steps still do.
         let mut failed: Vec<String> = Vec::new();
-        'replan: loop {
-            let live: Vec<Step> = current
-                .steps
-                .iter()
-                .filter(|s| s.mode != Mode::Restart)
-                .cloned()
-                .collect();
-            for step in live {
-                if desired.has_changed().unwrap_or(false) {
-                    target = desired.borrow_and_update().clone();
-                    (observed, current) = self
-                        .preview(vm, &target.config, jiff::Timestamp::now())
-                        .await?;
-                    report.generation = target.generation;
-                    self.tell(
-                        vm,
-                        Event::Replanned {
-                            operation: operation.into(),
-                            plan: current.clone(),
-                        },
-                    )?;
-                    continue 'replan;
-                }
-                let index = report.steps.len() + 1;
-                if failed.contains(&step.action.resource()) {
-                    let error = "not run: an earlier step of the same resource failed".to_string();
-                    report.steps.push((
-                        step,
-                        StepOutcome::Failed {
-                            error,
-                            undone: false,
-                        },
-                    ));
-                    continue;
-                }
-                self.tell(
-                    vm,
-                    Event::StepStarted {
-                        operation: operation.into(),
-                        index,
-                        step: step.clone(),
-                    },
-                )?;
-                let started = Instant::now();
-                let progress = ProgressEvents {
-                    events: self.events,
-                    vm,
-                    operation,
-                    index,
-                    note: std::sync::Mutex::new(None),
-                };
-                let outcome = match self
-                    .backend
-                    .apply_step(vm, &step, &target.config, &progress)
-                    .await
-                {
-                    Ok(()) => self.await_verified(vm, &step, &observed).await,
-                    Err(e) => Err(e.to_string()),
-                };
-                match outcome {
-                    Ok(after) => {
-                        observed = after;
-                        let duration = started.elapsed();
-                        self.tell(
-                            vm,
-                            Event::StepDone {
-                                operation: operation.into(),
-                                index,
-                                duration_ms: duration.as_millis() as u64,
-                                note: progress.note.lock().expect("progress note").take(),
-                            },
-                        )?;
-                        report.steps.push((step, StepOutcome::Done { duration }));
-                    }
-                    Err(error) => {
-                        let undone = self.backend.undo_step(vm, &step).await.unwrap_or(false);
-                        self.tell(
-                            vm,
-                            Event::StepFailed {
-                                operation: operation.into(),
-                                index,
-                                error: error.clone(),
-                                undone,
-                            },
-                        )?;
-                        report.succeeded = false;
-                        let what = format!("{}: {error}", step.action.describe());
-                        report.message = Some(match report.message.take() {
-                            Some(earlier) => format!("{earlier}; {what}"),
-                            None => what,
-                        });
-                        failed.push(step.action.resource());
-                        report
-                            .steps
-                            .push((step, StepOutcome::Failed { error, undone }));
-                    }
-                }
-            }
-            break;
-        }
-        if !failed.is_empty() {
-            // A restart is not taken on top of a failed live change: the next attempt
-            // re-plans from what the VM then has.
-            return self.finish(vm, report);
-        }
-
-        let restart_steps: Vec<Step> = current.in_mode(Mode::Restart).cloned().collect();
-        if let (false, Some(decision)) = (restart_steps.is_empty(), current.restart.as_ref()) {
-            if decision.allowed_now {
-                self.tell(
-                    vm,
-                    Event::Restarting {
-                        operation: operation.into(),
-                        steps: restart_steps.clone(),
-                    },
-                )?;
-                let started = Instant::now();
-                match self
-                    .backend
-                    .restart(vm, &target.config, &restart_steps)
-                    .await
-                {
-                    Ok(()) => {
-                        self.tell(
-                            vm,
-                            Event::Restarted {
-                                operation: operation.into(),
-                                duration_ms: started.elapsed().as_millis() as u64,
-                            },
-                        )?;
-                        let (_, left) = self
+        // A boot (a start step, or the restart) is followed by one more plan: what only a
+        // running guest can take (formats, mounts, onlining) is planned from what it shows.
+        let mut booted = false;
+        'boot: loop {
+            'replan: loop {
+                let live: Vec<Step> = current
+                    .steps
+                    .iter()
+                    .filter(|s| s.mode != Mode::Restart)
+                    .cloned()
+                    .collect();
+                for step in live {
+                    if desired.has_changed().unwrap_or(false) {
+                        target = desired.borrow_and_update().clone();
+                        (observed, current) = self
                             .preview(vm, &target.config, jiff::Timestamp::now())
                             .await?;
-                        if !left.is_empty() {
-                            report.succeeded = false;
-                            report.message = Some(format!(
-                                "after the restart the VM still differs: {}",
-                                left.steps
-                                    .iter()
-                                    .map(|s| s.action.describe())
-                                    .collect::<Vec<_>>()
-                                    .join("; ")
-                            ));
-                        }
-                        report.steps.extend(
-                            restart_steps
-                                .into_iter()
-                                .map(|s| (s, StepOutcome::Restarted)),
-                        );
+                        report.generation = target.generation;
+                        self.tell(
+                            vm,
+                            Event::Replanned {
+                                operation: operation.into(),
+                                plan: current.clone(),
+                            },
+                        )?;
+                        continue 'replan;
                     }
-                    Err(e) => {
-                        report.succeeded = false;
-                        report.message = Some(format!("restart failed: {e}"));
-                        // The changes still wait for a restart; the retry tries it again.
-                        report.pending = Some((
-                            format!("the restart failed ({e}); it is retried"),
-                            restart_steps.clone(),
+                    let index = report.steps.len() + 1;
+                    if failed.contains(&step.action.resource()) {
+                        let error =
+                            "not run: an earlier step of the same resource failed".to_string();
+                        report.steps.push((
+                            step,
+                            StepOutcome::Failed {
+                                error,
+                                undone: false,
+                            },
                         ));
-                        report.steps.extend(restart_steps.into_iter().map(|s| {
-                            (
-                                s,
-                                StepOutcome::Failed {
-                                    error: e.to_string(),
-                                    undone: false,
+                        continue;
+                    }
+                    self.tell(
+                        vm,
+                        Event::StepStarted {
+                            operation: operation.into(),
+                            index,
+                            step: step.clone(),
+                        },
+                    )?;
+                    let started = Instant::now();
+                    let progress = ProgressEvents {
+                        events: self.events,
+                        vm,
+                        operation,
+                        index,
+                        note: std::sync::Mutex::new(None),
+                    };
+                    let outcome = match self
+                        .backend
+                        .apply_step(vm, &step, &target.config, &progress)
+                        .await
+                    {
+                        Ok(()) => self.await_verified(vm, &step, &observed).await,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match outcome {
+                        Ok(after) => {
+                            observed = after;
+                            let duration = started.elapsed();
+                            self.tell(
+                                vm,
+                                Event::StepDone {
+                                    operation: operation.into(),
+                                    index,
+                                    duration_ms: duration.as_millis() as u64,
+                                    note: progress.note.lock().expect("progress note").take(),
                                 },
-                            )
-                        }));
+                            )?;
+                            let started_vm = matches!(step.action, wukong_planner::Action::Start);
+                            report.steps.push((step, StepOutcome::Done { duration }));
+                            if started_vm && !booted {
+                                booted = true;
+                                let (o, p) = self
+                                    .preview(vm, &target.config, jiff::Timestamp::now())
+                                    .await?;
+                                observed = o;
+                                if !p.is_empty() {
+                                    current = p;
+                                    self.tell(
+                                        vm,
+                                        Event::Replanned {
+                                            operation: operation.into(),
+                                            plan: current.clone(),
+                                        },
+                                    )?;
+                                    continue 'replan;
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            let undone = self.backend.undo_step(vm, &step).await.unwrap_or(false);
+                            self.tell(
+                                vm,
+                                Event::StepFailed {
+                                    operation: operation.into(),
+                                    index,
+                                    error: error.clone(),
+                                    undone,
+                                },
+                            )?;
+                            report.succeeded = false;
+                            let what = format!("{}: {error}", step.action.describe());
+                            report.message = Some(match report.message.take() {
+                                Some(earlier) => format!("{earlier}; {what}"),
+                                None => what,
+                            });
+                            failed.push(step.action.resource());
+                            report
+                                .steps
+                                .push((step, StepOutcome::Failed { error, undone }));
+                        }
                     }
                 }
-            } else {
-                self.tell(
-                    vm,
-                    Event::RestartPending {
-                        operation: operation.into(),
-                        reason: decision.reason.clone(),
-                        steps: restart_steps.clone(),
-                    },
-                )?;
-                report.pending = Some((decision.reason.clone(), restart_steps.clone()));
-                report
-                    .steps
-                    .extend(restart_steps.into_iter().map(|s| (s, StepOutcome::Pending)));
+                break;
             }
+            if !failed.is_empty() {
+                // A restart is not taken on top of a failed live change: the next attempt
+                // re-plans from what the VM then has.
+                return self.finish(vm, report);
+            }
+
+            let restart_steps: Vec<Step> = current.in_mode(Mode::Restart).cloned().collect();
+            if let (false, Some(decision)) = (restart_steps.is_empty(), current.restart.as_ref()) {
+                if decision.allowed_now {
+                    self.tell(
+                        vm,
+                        Event::Restarting {
+                            operation: operation.into(),
+                            steps: restart_steps.clone(),
+                        },
+                    )?;
+                    let started = Instant::now();
+                    match self
+                        .backend
+                        .restart(vm, &target.config, &restart_steps)
+                        .await
+                    {
+                        Ok(()) => {
+                            self.tell(
+                                vm,
+                                Event::Restarted {
+                                    operation: operation.into(),
+                                    duration_ms: started.elapsed().as_millis() as u64,
+                                },
+                            )?;
+                            let (after, left) = self
+                                .preview(vm, &target.config, jiff::Timestamp::now())
+                                .await?;
+                            report.steps.extend(
+                                restart_steps
+                                    .into_iter()
+                                    .map(|s| (s, StepOutcome::Restarted)),
+                            );
+                            observed = after;
+                            let live_only = left.in_mode(Mode::Restart).next().is_none();
+                            if !left.is_empty() && live_only && !booted {
+                                // What the restarted guest takes live (mounts, formats).
+                                booted = true;
+                                current = left;
+                                self.tell(
+                                    vm,
+                                    Event::Replanned {
+                                        operation: operation.into(),
+                                        plan: current.clone(),
+                                    },
+                                )?;
+                                continue 'boot;
+                            }
+                            if !left.is_empty() {
+                                report.succeeded = false;
+                                report.message = Some(format!(
+                                    "after the restart the VM still differs: {}",
+                                    left.steps
+                                        .iter()
+                                        .map(|s| s.action.describe())
+                                        .collect::<Vec<_>>()
+                                        .join("; ")
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            report.succeeded = false;
+                            report.message = Some(format!("restart failed: {e}"));
+                            // The changes still wait for a restart; the retry tries it again.
+                            report.pending = Some((
+                                format!("the restart failed ({e}); it is retried"),
+                                restart_steps.clone(),
+                            ));
+                            report.steps.extend(restart_steps.into_iter().map(|s| {
+                                (
+                                    s,
+                                    StepOutcome::Failed {
+                                        error: e.to_string(),
+                                        undone: false,
+                                    },
+                                )
+                            }));
+                        }
+                    }
+                } else {
+                    self.tell(
+                        vm,
+                        Event::RestartPending {
+                            operation: operation.into(),
+                            reason: decision.reason.clone(),
+                            steps: restart_steps.clone(),
+                        },
+                    )?;
+                    report.pending = Some((decision.reason.clone(), restart_steps.clone()));
+                    report
+                        .steps
+                        .extend(restart_steps.into_iter().map(|s| (s, StepOutcome::Pending)));
+                }
+            }
+            break 'boot;
         }
         if report.succeeded {
             report.observed = Some(observed);

@@ -207,7 +207,7 @@ impl LocalBackend {
         process::running_pid(&self.dir(vm)).is_some()
     }
 
-    /// Boots the VM from its recorded definition: disk images, QEMU, agent, guest disks.
+    /// Boots the VM from its recorded definition: disk images, QEMU, until the agent answers.
     /// Returns the time to the guest agent.
     pub async fn start(&self, vm: &VmRef) -> Result<Duration, BackendError> {
         process::check_tools()?;
@@ -257,9 +257,9 @@ impl LocalBackend {
             r.ports = ports;
             r.ports_total = total;
         })?;
-        let took = process::wait_for_agent(&dir, self.options.timeouts.boot).await?;
-        self.prepare_disks(vm, &def).await?;
-        Ok(took)
+        // Formats and mounts are planned steps of the operation that started it (the engine
+        // plans again once the guest runs), not part of the boot.
+        process::wait_for_agent(&dir, self.options.timeouts.boot).await
     }
 
     /// Stops the VM (guest shutdown, QMP quit, kill).
@@ -279,14 +279,6 @@ impl LocalBackend {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         self.with_agent(vm, |q| async move { q.exec(&argv, None, timeout).await })
             .await
-    }
-
-    /// Formats (when blank), mounts and grows the filesystem of every disk that asks for one.
-    async fn prepare_disks(&self, vm: &VmRef, def: &VmConfig) -> Result<(), BackendError> {
-        for d in def.disks.iter().filter(|d| d.filesystem.is_some()) {
-            self.ensure_filesystem(vm, d).await?;
-        }
-        Ok(())
     }
 
     /// Makes the disk's filesystem exist (formatting only a blank disk), be mounted where the

@@ -274,6 +274,10 @@ impl Daemon {
         let mut op_seq: u64 = 0;
         // A failed operation is not retried for the same generation until its backoff passes.
         let mut failures: Option<(i64, u32, tokio::time::Instant)> = None;
+        let mut booted: Option<(
+            oneshot::Sender<Result<String, String>>,
+            Result<String, String>,
+        )> = None;
         loop {
             let Ok(Some(rec)) = self.backend.store().get(&vm) else {
                 return;
@@ -331,13 +335,24 @@ impl Daemon {
                 self.after_operation(&vm, outcome, &engine).await;
                 recorder.release(&vm);
             }
+            // A start or restart is answered once the operation after it (mounts, formats:
+            // what a booted guest takes) has run.
+            if let Some((reply, r)) = booted.take() {
+                let _ = reply.send(r);
+            }
             tokio::select! {
                 _ = desired.changed() => {}
                 _ = nudge.notified() => {}
                 Some((cmd, reply)) = commands.recv() => {
+                    let boots = matches!(cmd, Command::Start | Command::Restart);
                     let r = self.run_command(&vm, cmd, &recorder).await;
                     was_running = Some(self.backend.is_running(&vm));
-                    let _ = reply.send(r);
+                    if boots && r.is_ok() {
+                        failures = None;
+                        booted = Some((reply, r));
+                    } else {
+                        let _ = reply.send(r);
+                    }
                 }
                 _ = tokio::time::sleep(self.tick) => {}
             }

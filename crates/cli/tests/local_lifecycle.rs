@@ -35,7 +35,9 @@ fn boots_from_a_spec_and_the_guest_has_what_it_says() {
         .map(|s| format!("{} {}", s["description"], s["state"]))
         .collect();
     assert!(
-        steps.iter().any(|s| s.contains("start") && s.contains("Done"))
+        steps
+            .iter()
+            .any(|s| s.contains("start") && s.contains("Done"))
             && steps
                 .iter()
                 .any(|s| s.contains("format system as ext4 if blank") && s.contains("Done")),

@@ -34,7 +34,7 @@ struct Worker {
     nudge: Arc<Notify>,
     /// Set by a user's apply: try again now, whatever the backoff.
     retry: Arc<std::sync::atomic::AtomicBool>,
-    commands: mpsc::Sender<(Command, oneshot::Sender<Result<String, String>>)>,
+    commands: mpsc::Sender<(Command, Reply)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -266,7 +266,7 @@ impl Daemon {
         mut desired: watch::Receiver<Desired>,
         nudge: Arc<Notify>,
         retry: Arc<std::sync::atomic::AtomicBool>,
-        mut commands: mpsc::Receiver<(Command, oneshot::Sender<Result<String, String>>)>,
+        mut commands: mpsc::Receiver<(Command, Reply)>,
     ) {
         let recorder = Recorder::new(self.clone());
         // Whether QEMU ran when last looked at, outside our own starts and stops.
@@ -274,10 +274,7 @@ impl Daemon {
         let mut op_seq: u64 = 0;
         // A failed operation is not retried for the same generation until its backoff passes.
         let mut failures: Option<(i64, u32, tokio::time::Instant)> = None;
-        let mut booted: Option<(
-            oneshot::Sender<Result<String, String>>,
-            Result<String, String>,
-        )> = None;
+        let mut booted: Option<(Reply, Result<String, String>)> = None;
         loop {
             let Ok(Some(rec)) = self.backend.store().get(&vm) else {
                 return;
@@ -469,6 +466,9 @@ impl Daemon {
         result.map_err(|e: BackendError| e.to_string())
     }
 }
+
+/// Where a lifecycle command's answer goes.
+type Reply = oneshot::Sender<Result<String, String>>;
 
 /// How long to wait before retrying a generation whose operation failed `n` times: 30 s,
 /// doubling, at most 10 min. A new spec is tried at once.

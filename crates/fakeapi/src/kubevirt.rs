@@ -29,6 +29,9 @@ pub struct Faults {
     pub freeze_cpu: HashSet<String>,
     /// VMs whose guest leaves hot-added vCPUs offline (only the boot vCPUs online).
     pub offline_cpus: HashSet<String>,
+    /// VMs whose guest does not take hot-plugged memory (no virtio-mem driver): its MemTotal
+    /// stays at the boot size whatever the VMI reports.
+    pub memory_unseen: HashSet<String>,
     /// PVCs whose resize fails.
     pub fail_resize: HashSet<String>,
     /// PVCs no provisioner binds (they stay Pending, as while a volume is imported or no
@@ -752,14 +755,61 @@ impl Sim {
         ))
     }
 
-    /// What the guest's sysfs and mount table show, in the form the probe script prints
-    /// (`disk`, `mnt` lines): the simulated disks are unpartitioned virtio disks, `vda`
-    /// onwards in the VMI's disk order.
+    /// The vCPUs the domain has and how many of them the guest onlined (the boot ones only,
+    /// for a guest that leaves hot-added vCPUs offline).
+    fn guest_cpus(&self, ns: &str, vmi: &Value) -> (u64, u64) {
+        let n = vmi["status"]["currentCPUTopology"]["sockets"]
+            .as_u64()
+            .unwrap_or(1);
+        let name = vmi["metadata"]["name"].as_str().unwrap_or_default();
+        if !self
+            .faults
+            .lock()
+            .expect("faults")
+            .offline_cpus
+            .contains(name)
+        {
+            return (n, n);
+        }
+        let g = self.guests.lock().expect("guests");
+        let boot = *g
+            .boot_cpus
+            .get(&(ns.to_string(), name.to_string()))
+            .unwrap_or(&n);
+        (n, boot.min(n))
+    }
+
+    /// What the guest's procfs, sysfs and mount table show, in the form the probe script
+    /// prints: the guest's boot (one per VMI), MemTotal as the VMI reports it, the vCPUs it
+    /// onlined, memory blocks (all online), the disks (unpartitioned virtio disks, `vda`
+    /// onwards in the VMI's disk order) with their mounts, and the NICs.
     fn guest_probe(&self, ns: &str, vmi: &Value) -> String {
         let mut out = format!(
             "boot {}\n",
             vmi["metadata"]["uid"].as_str().unwrap_or_default()
         );
+        let name = vmi["metadata"]["name"].as_str().unwrap_or_default();
+        let seen = if self
+            .faults
+            .lock()
+            .expect("faults")
+            .memory_unseen
+            .contains(name)
+        {
+            "guestAtBoot"
+        } else {
+            "guestCurrent"
+        };
+        let memory = bytes(&vmi["status"]["memory"][seen]).unwrap_or(0);
+        out += &format!("mem {}\n", memory / 1024);
+        let (_, online) = self.guest_cpus(ns, vmi);
+        out += &format!("cpus 0-{}\n", online.saturating_sub(1));
+        out += &format!("memblocks {} 0 8000000 online_movable\n", memory >> 27);
+        for i in vmi["status"]["interfaces"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(mac)) = (i["interfaceName"].as_str(), i["mac"].as_str()) {
+                out += &format!("nic {name} {mac}\n");
+            }
+        }
         let disks = vmi["spec"]["domain"]["devices"]["disks"]
             .as_array()
             .cloned()
@@ -928,24 +978,7 @@ impl Sim {
         match command["execute"].as_str().unwrap_or_default() {
             "guest-ping" => Ok(json!({"return": {}})),
             "guest-get-vcpus" => {
-                let n = vmi["status"]["currentCPUTopology"]["sockets"]
-                    .as_u64()
-                    .unwrap_or(1);
-                let name = vmi["metadata"]["name"].as_str().unwrap_or_default();
-                let online = if self
-                    .faults
-                    .lock()
-                    .expect("faults")
-                    .offline_cpus
-                    .contains(name)
-                {
-                    let g = self.guests.lock().expect("guests");
-                    *g.boot_cpus
-                        .get(&(ns.to_string(), name.to_string()))
-                        .unwrap_or(&n)
-                } else {
-                    n
-                };
+                let (n, online) = self.guest_cpus(ns, vmi);
                 Ok(json!({"return": (0..n)
                     .map(|i| json!({"logical-id": i, "online": i < online, "can-offline": i > 0}))
                     .collect::<Vec<_>>()}))

@@ -117,8 +117,9 @@ pub struct KubevirtBackend {
     /// The objects of each VM's last observation (VM, VMI, PVCs), for preflight.
     seen: Mutex<HashMap<VmRef, Seen>>,
     cluster: Mutex<Option<(Instant, ClusterWide)>>,
-    /// VMs whose vCPU step is being verified (their guest is asked for its online vCPUs).
-    counting: Mutex<HashSet<VmRef>>,
+    /// VMs whose operation observes the guest itself (the probe through the agent) rather
+    /// than what the VMI and the agent's filesystem list report.
+    probing: Mutex<HashSet<VmRef>>,
     /// Each VM's phase as its VMI last showed it.
     phases: Mutex<HashMap<VmRef, Phase>>,
     /// Namespaces a create was refused in because they are being deleted, and when.
@@ -137,7 +138,7 @@ impl KubevirtBackend {
             declarative: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             cluster: Mutex::new(None),
-            counting: Mutex::new(HashSet::new()),
+            probing: Mutex::new(HashSet::new()),
             phases: Mutex::new(HashMap::new()),
             terminating: Mutex::new(HashMap::new()),
             timeouts,
@@ -152,14 +153,22 @@ impl KubevirtBackend {
             .insert(vm.clone(), config);
     }
 
-    /// Drops what the last operation observed of `vm` (kept only while one runs).
-    /// `vcpus_doubtful`: a vCPU step failed verification, so the guest keeps being asked how
-    /// many it has online until one succeeds.
-    pub fn settle(&self, vm: &VmRef, vcpus_doubtful: bool) {
-        self.seen.lock().expect("seen").remove(vm);
-        if !vcpus_doubtful {
-            self.counting.lock().expect("counting").remove(vm);
+    /// Whether the next operation of `vm` observes the guest itself (online vCPUs, MemTotal,
+    /// block devices, filesystems, boot id through the agent), or, for a VM with nothing to
+    /// change, the VMI and the agent's filesystem list (no exec into its launcher).
+    pub fn probe_guest(&self, vm: &VmRef, on: bool) {
+        let mut p = self.probing.lock().expect("probing");
+        if on {
+            p.insert(vm.clone());
+        } else {
+            p.remove(vm);
         }
+    }
+
+    /// Drops what the last operation observed of `vm` (kept only while one runs).
+    pub fn settle(&self, vm: &VmRef) {
+        self.seen.lock().expect("seen").remove(vm);
+        self.probing.lock().expect("probing").remove(vm);
     }
 
     /// Forgets `vm` (after deletion).
@@ -734,24 +743,43 @@ impl Backend for KubevirtBackend {
             {
                 // A failed filesystem list is unknown, not "no filesystems": no guest view
                 // then, so nothing is planned from it (never a format or a mount).
-                match self.guest.filesystems(vm).await {
-                    Ok(filesystems) => {
-                        let mut view = guest_view(v, &filesystems);
-                        // While a vCPU step is verified, ask the guest itself how many are online:
-                        // KubeVirt reports the domain's vCPUs, not whether the guest onlined them.
-                        // A guest that left vCPUs offline has only those it onlined.
-                        if self.counting.lock().expect("counting").contains(vm)
-                            && let Ok(online) = self.guest.online_vcpus(vm).await
-                        {
-                            view.cpus_online = online;
-                            config.cpu = config.cpu.min(online);
+                let probing = self.probing.lock().expect("probing").contains(vm);
+                let agent = crate::guest::VmAgent {
+                    guest: &self.guest,
+                    vm,
+                };
+                // KubeVirt reports the domain's vCPUs and memory, not whether the guest onlined
+                // them: an operation verifies in the guest itself.
+                let probed = match probing {
+                    true => match self.guest.ops(&agent).view().await {
+                        Ok(view) => Some(view),
+                        Err(e) => {
+                            tracing::debug!(%vm, "guest probe failed, using the VMI: {e}");
+                            None
                         }
+                    },
+                    false => None,
+                };
+                match probed {
+                    Some(view) => {
+                        config.cpu = config.cpu.min(view.cpus_online);
                         Some(view)
                     }
-                    Err(e) => {
-                        tracing::debug!(%vm, "filesystem list unknown: {e}");
-                        None
-                    }
+                    None => match self.guest.filesystems(vm).await {
+                        Ok(filesystems) => {
+                            let mut view = guest_view(v, &filesystems);
+                            // Without exec the agent's own count is all there is.
+                            if probing && let Ok(online) = self.guest.online_vcpus(vm).await {
+                                view.cpus_online = online;
+                                config.cpu = config.cpu.min(online);
+                            }
+                            Some(view)
+                        }
+                        Err(e) => {
+                            tracing::debug!(%vm, "filesystem list unknown: {e}");
+                            None
+                        }
+                    },
                 }
             }
             _ => None,
@@ -800,13 +828,6 @@ impl Backend for KubevirtBackend {
             steps: vec![step.clone()],
             restart: None,
         };
-        let vcpus = matches!(
-            step.action,
-            Action::AddVcpus { .. } | Action::RemoveVcpus { .. }
-        );
-        if vcpus {
-            self.counting.lock().expect("counting").insert(vm.clone());
-        }
         self.carry_out(vm, &plan, desired).await?;
         if let Action::GrowDisk { disk, to, .. } = &step.action {
             self.await_capacity(vm, disk, *to, progress).await?;

@@ -28,8 +28,7 @@ use wukong_api::{
 };
 use wukong_engine::status::{apply_event, observe_into, report_into, set_condition};
 use wukong_engine::{
-    Backend, BackendError, Desired, Engine, EngineError, Event, EventSink, Journal, StepOutcome,
-    Timeouts, VmRef,
+    Backend, BackendError, Desired, Engine, EngineError, Event, EventSink, Journal, Timeouts, VmRef,
 };
 use wukong_kubevirt::render::{NAME_LABEL, render};
 
@@ -405,6 +404,15 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         }
     };
     ctx.backend.set_desired(&vm, config.clone());
+    // A change to a VM that ran (or one that failed) is observed in its guest; a converged
+    // VM and a new one (whose first operation only formats and mounts, which the agent's
+    // filesystem list shows) through the VMI, so a resync of thousands execs into none.
+    let degraded = before
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.status == "True");
+    let changed = before.observed_generation.is_some_and(|g| g != generation);
+    ctx.backend.probe_guest(&vm, degraded || changed);
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(status_writer(
         ctx.clone(),
@@ -441,17 +449,7 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         },
         Err(_) => None,
     };
-    let vcpus_doubtful = outcome.as_ref().is_ok_and(|r| {
-        r.steps.iter().any(|(s, o)| {
-            matches!(o, StepOutcome::Failed { .. })
-                && matches!(
-                    s.action,
-                    wukong_planner::Action::AddVcpus { .. }
-                        | wukong_planner::Action::RemoveVcpus { .. }
-                )
-        })
-    });
-    ctx.backend.settle(&vm, vcpus_doubtful);
+    ctx.backend.settle(&vm);
     drop(sink);
     let mut status = writer.await.unwrap_or(status);
     let result = match outcome {

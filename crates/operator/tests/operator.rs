@@ -637,3 +637,41 @@ async fn a_namespace_being_deleted_gets_nothing_new_and_its_wukongs_go() {
         "at most one refused create per Wukong, no retries: {attempts}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_verified_in_the_guest_not_taken_from_the_vmi() {
+    let c = Cluster::start_with(|o| o.verify_timeout = Duration::from_secs(2)).await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    // KubeVirt plugs the memory and the VMI says so; the guest (no virtio-mem driver) never
+    // takes it.
+    c.api.faults(|f| {
+        f.memory_unseen.insert("w".into());
+    });
+    c.patch_spec("w", json!({"memory": "3Gi"})).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(
+        c.vmi("w").unwrap()["status"]["memory"]["guestCurrent"],
+        "3Gi",
+        "the VMI says done"
+    );
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(message.contains("memory"), "{message}");
+    let w = c.wukong("w").unwrap();
+    assert_ne!(
+        w["status"]["observedGeneration"], w["metadata"]["generation"],
+        "not claimed converged: {}",
+        w["status"]
+    );
+    assert_eq!(
+        w["status"]["guest"]["memory"], "2Gi",
+        "status tells what the guest has"
+    );
+    // Once the guest takes it, a retry converges.
+    c.api.faults(|f| f.memory_unseen.clear());
+    c.converged("w").await;
+}

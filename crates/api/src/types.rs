@@ -651,6 +651,11 @@ pub struct GuestDisk {
     /// The filesystem on it, if mounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<GuestFilesystem>,
+    /// Why what is on the disk is not grown with it (a partition that is not last, two
+    /// logical volumes to choose from, a filesystem Wukong cannot grow): the disk grows, that
+    /// is left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_grown: Option<String>,
 }
 
 /// A mounted filesystem as the guest sees it.

@@ -88,10 +88,11 @@ async fn change(
     rows: &mut Vec<Row>,
 ) -> Result<(), Failure> {
     println!("\n== {label}");
-    let (_, seq) = client
+    let (written, seq) = client
         .call(Method::PATCH, &path(t), Some(&object(spec)))
         .await?;
-    let f = follow_steps(client, t, VM, seq, Duration::from_secs(300)).await?;
+    let generation = written["metadata"]["generation"].as_i64().unwrap_or(0);
+    let f = follow_steps(client, t, VM, (seq, generation), Duration::from_secs(300)).await?;
     for (d, m, ms) in &f.steps {
         rows.push(Row {
             change: d.clone(),
@@ -143,7 +144,7 @@ pub async fn run(t: &Target) -> Result<(), Failure> {
             Some(&object(spec(1, "512Mi", "1Gi", false, false))),
         )
         .await?;
-    let f = follow_steps(&client, t, VM, seq, Duration::from_secs(300)).await?;
+    let f = follow_steps(&client, t, VM, (seq, 1), Duration::from_secs(300)).await?;
     if !f.ok {
         return Err(Failure::Failed(format!(
             "boot failed: {}",

@@ -115,18 +115,20 @@ pub async fn follow(
     client: &Client,
     t: &Target,
     name: &str,
-    seq: u64,
+    from: (u64, i64),
     timeout: Duration,
 ) -> Result<bool, Failure> {
-    Ok(follow_steps(client, t, name, seq, timeout).await?.ok)
+    Ok(follow_steps(client, t, name, from, timeout).await?.ok)
 }
 
-/// Like [`follow`], also collecting each step's time.
+/// Like [`follow`], also collecting each step's time. Ends with the first operation that
+/// worked towards `generation` (or a later one): one already running when the change was
+/// made can finish first, without it.
 pub async fn follow_steps(
     client: &Client,
     t: &Target,
     name: &str,
-    seq: u64,
+    (seq, generation): (u64, i64),
     timeout: Duration,
 ) -> Result<Followed, Failure> {
     let mut lines = client
@@ -155,6 +157,7 @@ pub async fn follow_steps(
                     out.steps
                         .push(("restart".into(), "restart".into(), *duration_ms));
                 }
+                wukong_engine::Event::Finished { generation: g, .. } if *g < generation => continue,
                 wukong_engine::Event::Finished { message, .. } => out.message = message.clone(),
                 _ => {}
             }
@@ -178,6 +181,11 @@ fn request_body(d: &Document) -> Value {
     let mut body = serde_json::to_value(&d.wukong).unwrap_or_default();
     body["spec"] = d.raw_spec.clone();
     body
+}
+
+/// The generation of a stored object (the API's answer to a write).
+fn generation_of(object: &serde_json::Value) -> i64 {
+    object["metadata"]["generation"].as_i64().unwrap_or(0)
 }
 
 /// `wukong apply -f FILE`: create or update each VM, showing the plan and then the progress.
@@ -208,16 +216,16 @@ pub async fn apply(
             let plan: PlanDocument =
                 serde_json::from_value(plan).map_err(|e| Failure::Failed(e.to_string()))?;
             print!("{}", plan.table());
-            let (_, seq) = client
+            let (object, seq) = client
                 .call(Method::PATCH, &t.path(&name), Some(&body))
                 .await?;
             println!("wukong/{name} configured");
             if plan.steps.is_empty() {
                 continue;
             }
-            seq
+            (seq, generation_of(&object))
         } else {
-            let (_, seq) = client
+            let (object, seq) = client
                 .call(
                     Method::POST,
                     &format!("{PREFIX}/namespaces/{}/wukongs", t.namespace),
@@ -225,7 +233,7 @@ pub async fn apply(
                 )
                 .await?;
             println!("wukong/{name} created");
-            seq
+            (seq, generation_of(&object))
         };
         if wait {
             all_ok &= follow(&client, t, &name, seq, timeout).await?;
@@ -551,6 +559,7 @@ pub fn summarize(e: &wukong_engine::Event) -> String {
             operation,
             succeeded,
             message,
+            ..
         } => format!(
             "{operation}: {}{}",
             if *succeeded { "succeeded" } else { "failed" },
@@ -612,7 +621,8 @@ pub async fn rollback(t: &Target, name: &str) -> Result<(), Failure> {
     let plan: PlanDocument =
         serde_json::from_value(v["plan"].clone()).map_err(|e| Failure::Failed(e.to_string()))?;
     print!("{}", plan.table());
-    if !plan.steps.is_empty() && !follow(&client, t, name, seq, Duration::from_secs(600)).await? {
+    let from = (seq, generation_of(&v["object"]));
+    if !plan.steps.is_empty() && !follow(&client, t, name, from, Duration::from_secs(600)).await? {
         return Err(Failure::Failed("the rollback's operation failed".into()));
     }
     Ok(())

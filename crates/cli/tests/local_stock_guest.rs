@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{Daemon, StockImage, doc, fs_bytes, guest_dev, stock_image};
 
 const MIB: u64 = 1 << 20;
@@ -182,9 +184,88 @@ fn the_live_story_on_a_stock_debian_guest() {
         "xfs on the LV {lv_before} -> {lv_after}"
     );
 
+    // Two logical volumes on one disk, both mounted: which one to grow is the user's call.
+    // The disk grows, neither volume changes, and the status names both.
+    let lvm_disk = "  - {name: lvm, size: 640Mi}\n";
+    d.apply(&spec(
+        &img,
+        1,
+        "1Gi",
+        "3Gi",
+        &format!("{lvm_disk}  - {{name: two, size: 320Mi}}\n"),
+    ));
+    let two = format!("/dev/{}", guest_dev(&d, "deb", "two"));
+    for argv in [
+        vec!["pvcreate", "-y", two.as_str()],
+        vec!["vgcreate", "vgtwo", two.as_str()],
+        vec!["lvcreate", "-y", "-L", "100M", "-n", "a", "vgtwo"],
+        vec!["lvcreate", "-y", "-L", "100M", "-n", "b", "vgtwo"],
+        vec!["mkfs.ext4", "-q", "/dev/vgtwo/a"],
+        vec!["mkfs.ext4", "-q", "/dev/vgtwo/b"],
+        vec!["mkdir", "-p", "/srv/a", "/srv/b"],
+        vec!["mount", "/dev/vgtwo/a", "/srv/a"],
+        vec!["mount", "/dev/vgtwo/b", "/srv/b"],
+    ] {
+        d.exec("deb", &argv);
+    }
+    let lvs = || {
+        d.exec(
+            "deb",
+            &[
+                "lvs",
+                "--noheadings",
+                "--units",
+                "b",
+                "-o",
+                "lv_name,lv_size",
+                "vgtwo",
+            ],
+        )
+    };
+    let (lvs_before, a_before, b_before) = (
+        lvs(),
+        fs_bytes(&d, "deb", "/srv/a"),
+        fs_bytes(&d, "deb", "/srv/b"),
+    );
+    d.apply(&spec(
+        &img,
+        1,
+        "1Gi",
+        "3Gi",
+        &format!("{lvm_disk}  - {{name: two, size: 480Mi}}\n"),
+    ));
+    assert_eq!(
+        d.exec("deb", &["blockdev", "--getsize64", two.as_str()])
+            .trim(),
+        (480 * MIB).to_string(),
+        "the disk grew"
+    );
+    assert_eq!(lvs(), lvs_before, "no volume changed");
+    assert_eq!(fs_bytes(&d, "deb", "/srv/a"), a_before);
+    assert_eq!(fs_bytes(&d, "deb", "/srv/b"), b_before);
+    let o = d.get("deb");
+    let not_grown = o["status"]["guest"]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "two")
+        .and_then(|x| x["notGrown"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        not_grown.contains("vgtwo-a") && not_grown.contains("vgtwo-b"),
+        "{}",
+        o["status"]
+    );
+    let (state, message) = d.condition("deb", "FilesystemsGrowable").unwrap();
+    assert_eq!(state, "False", "a warning: {message}");
+    assert!(message.contains("disk two"), "{message}");
+    // Given back by hand before it is detached.
+    d.exec("deb", &["umount", "/srv/a", "/srv/b"]);
+    d.exec("deb", &["vgchange", "-an", "vgtwo"]);
+
     // A NIC added and removed.
     let nets = "  networks:\n  - {name: default, user: {}}\n";
-    let lvm_disk = "  - {name: lvm, size: 640Mi}\n";
     d.apply(&spec(&img, 1, "1Gi", "3Gi", &format!("{lvm_disk}{nets}")));
     d.apply(&spec(
         &img,
@@ -200,4 +281,50 @@ fn the_live_story_on_a_stock_debian_guest() {
 
     assert_eq!(d.exec("deb", &["sha256sum", "/var/canary"]), canary);
     assert_eq!(d.boot_id("deb"), boot, "everything was live");
+
+    // Last, as it ends this guest's agent: the agent falls silent. An attach with a
+    // filesystem fails within its timeouts, is undone, and nothing is formatted.
+    d.sh(
+        "deb",
+        "(sleep 0.5; kill -STOP $(pidof qemu-ga)) </dev/null >/dev/null 2>&1 &",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.wk(&["exec", "deb", "--", "true"]).status.success() {
+        assert!(Instant::now() < deadline, "the agent kept answering");
+    }
+    let t0 = Instant::now();
+    let out = d.wk_in(
+        &["apply", "-f", "-"],
+        &spec(
+            &img,
+            1,
+            "1Gi",
+            "3Gi",
+            &format!("{lvm_disk}  - {{name: late, size: 320Mi, filesystem: {{type: xfs, mountPath: /late}}}}\n{nets}"),
+        ),
+    );
+    let took = t0.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("guest agent"), "{text}");
+    assert!(took < Duration::from_secs(120), "bounded: {took:?}");
+    let image = d.home.join("vms/default/deb/disks/late.qcow2");
+    assert!(image.exists(), "the attach was tried: {text}");
+    let raw = d.home.join("late.raw");
+    let convert = std::process::Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw"])
+        .arg(&image)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(convert.success(), "{}", image.display());
+    let head = std::fs::read(&raw).unwrap();
+    assert!(
+        head.iter().take(1 << 20).all(|b| *b == 0),
+        "the disk was never written: nothing was formatted"
+    );
 }

@@ -111,6 +111,10 @@ pub enum Event {
         succeeded: bool,
         /// Why not.
         message: Option<String>,
+        /// The generation the operation worked towards last (a new spec re-plans a running
+        /// operation): who waits for a generation waits for its operation.
+        #[serde(default)]
+        generation: i64,
     },
 }
 

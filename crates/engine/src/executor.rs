@@ -426,6 +426,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                 operation: report.id.clone(),
                 succeeded: report.succeeded,
                 message: report.message.clone(),
+                generation: report.generation,
             },
         )?;
         Ok(report)

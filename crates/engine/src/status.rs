@@ -57,16 +57,18 @@ pub fn guest_status(observed: &Observed) -> Option<GuestStatus> {
                 size: Quantity::from_bytes(d.size),
                 device: d.device.as_ref().map(|d| format!("/dev/{d}")),
                 filesystem: d.filesystem_size.map(|size| GuestFilesystem {
-                    fs_type: cfg
-                        .disk(name)
-                        .and_then(|c| c.filesystem.as_ref())
-                        .map_or("unknown".into(), |f| {
-                            format!("{:?}", f.fs_type).to_lowercase()
-                        }),
+                    fs_type: d.fs_type.clone().unwrap_or_else(|| {
+                        cfg.disk(name)
+                            .and_then(|c| c.filesystem.as_ref())
+                            .map_or("unknown".into(), |f| {
+                                format!("{:?}", f.fs_type).to_lowercase()
+                            })
+                    }),
                     mount_path: d.mount.clone().unwrap_or_default(),
                     size: Quantity::from_bytes(size),
                     used: None,
                 }),
+                not_grown: d.grow_blocked.clone(),
             })
             .collect(),
         networks: cfg
@@ -119,6 +121,34 @@ pub fn observe_into(status: &mut WukongStatus, observed: &Observed, generation: 
         msg,
         generation,
     );
+    // A warning, not a failure: what the guest has on a disk that Wukong leaves as it is.
+    if let Some(g) = &observed.guest {
+        let left: Vec<String> = g
+            .disks
+            .iter()
+            .filter_map(|(name, d)| {
+                d.grow_blocked
+                    .as_ref()
+                    .map(|why| format!("disk {name}: {why}"))
+            })
+            .collect();
+        set_condition(
+            &mut status.conditions,
+            "FilesystemsGrowable",
+            left.is_empty(),
+            if left.is_empty() {
+                "AllGrowable"
+            } else {
+                "LeftAsTheyAre"
+            },
+            &if left.is_empty() {
+                "every filesystem grows with its disk".to_string()
+            } else {
+                left.join("; ")
+            },
+            generation,
+        );
+    }
 }
 
 fn step_status(step: &Step, state: &str, ms: Option<u64>, msg: Option<String>) -> StepStatus {

@@ -37,7 +37,11 @@ impl Backend for LocalBackend {
         drop(qmp);
         let guest = self.guest_view(vm).await;
         let mut config = rec.definition.clone();
-        config.cpu = guest.as_ref().map_or(plugged, |g| g.cpus_online);
+        // Without the guest's word, the count Wukong last left (vCPUs it took offline in the
+        // guest stay plugged), never more than QEMU has: nothing is planned from a guess.
+        config.cpu = guest
+            .as_ref()
+            .map_or(rec.definition.cpu.min(plugged), |g| g.cpus_online);
         config.memory = rec.boot_memory + hotplug_memory;
         config
             .disks

@@ -152,7 +152,9 @@ impl Capabilities {
         }
     }
 
-    /// Every change by restart, for `reason` (a backend with live changes turned off).
+    /// Every change by restart, for `reason` (a backend with live changes turned off). Work
+    /// inside the running guest (format, mount, grow a filesystem to its disk) is no live
+    /// change of the VM: it still follows the boot that made the disk.
     pub fn restart_only(backend: BackendKind, reason: &str) -> Self {
         let r = Support::restart(reason);
         Capabilities {
@@ -165,7 +167,7 @@ impl Capabilities {
             memory_hotplug_min_boot: None,
             disk_grow: r.clone(),
             disk_grow_blocked: Vec::new(),
-            filesystem_grow: r.clone(),
+            filesystem_grow: Support::Live,
             disk_attach: r.clone(),
             disk_detach: r.clone(),
             hotplug_slots: None,

@@ -433,6 +433,7 @@ pub fn plan(
             continue;
         };
         let guest_disk = observed.guest.as_ref().and_then(|g| g.disks.get(&d.name));
+        let mut disk_by_restart = false;
         if d.size > h.size {
             let support = match caps.disk_grow_blocked.iter().find(|(n, _)| *n == d.name) {
                 Some((_, why)) => Support::restart(why.clone()),
@@ -442,6 +443,7 @@ pub fn plan(
                 "resize the image while attached; its filesystem: {}",
                 filesystem_fate(guest_disk, h)
             );
+            disk_by_restart = !support.is_live();
             b.push(
                 Action::GrowDisk {
                     disk: d.name.clone(),
@@ -474,7 +476,12 @@ pub fn plan(
                     disk: d.name.clone(),
                     size: d.size,
                 },
-                caps.filesystem_grow.clone(),
+                // A disk grown by the restart has its filesystem grown after it.
+                if disk_by_restart {
+                    Support::restart("after the restart grows its disk")
+                } else {
+                    caps.filesystem_grow.clone()
+                },
                 "grow the partition and the mounted filesystem online in the guest",
             ),
             _ => {}

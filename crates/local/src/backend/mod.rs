@@ -256,6 +256,35 @@ impl LocalBackend {
             .await
     }
 
+    /// Makes the record agree with what QEMU has: disks and NICs QEMU does not have (an
+    /// unplug cut short by a crash) leave the definition, their ports are free again.
+    pub(super) async fn repair_record(&self, vm: &VmRef) -> Result<(), BackendError> {
+        let present = self.qmp(vm).await?.peripherals().await?;
+        let rec = self.record(vm)?;
+        let stale = rec
+            .definition
+            .disks
+            .iter()
+            .any(|d| !present.contains(&disk_id(&d.name)))
+            || rec
+                .definition
+                .networks
+                .iter()
+                .any(|n| !present.contains(&nic_id(&n.name)));
+        if stale {
+            self.update(vm, |r| {
+                r.definition
+                    .disks
+                    .retain(|d| present.contains(&disk_id(&d.name)));
+                r.definition
+                    .networks
+                    .retain(|n| present.contains(&nic_id(&n.name)));
+                r.ports.retain(|dev, _| present.contains(dev));
+            })?;
+        }
+        Ok(())
+    }
+
     /// Applies a step to the stored definition of a stopped VM.
     fn apply_offline(&self, vm: &VmRef, action: &Action) -> Result<(), BackendError> {
         let rec = self.record(vm)?;

@@ -49,17 +49,9 @@ impl Backend for LocalBackend {
         config
             .networks
             .retain(|n| peripherals.contains(&nic_id(&n.name)));
-        // What QEMU really has is the truth: a crash between a device change and its record
-        // is repaired here.
-        let (disks, nets) = (config.disks.clone(), config.networks.clone());
-        if disks != rec.definition.disks || nets != rec.definition.networks {
-            let present: Vec<String> = peripherals.clone();
-            self.update(vm, |r| {
-                r.definition.disks = disks;
-                r.definition.networks = nets;
-                r.ports.retain(|dev, _| present.contains(dev));
-            })?;
-        }
+        // What QEMU really has is the truth (a crash between a device change and its record
+        // leaves them apart): the observation says what QEMU has; the record is repaired by
+        // the next step, not here (observing writes nothing).
         Ok(Observed {
             config,
             running: true,
@@ -117,6 +109,9 @@ impl Backend for LocalBackend {
     ) -> Result<(), BackendError> {
         if step.mode == Mode::Offline {
             return self.apply_offline(vm, &step.action);
+        }
+        if self.is_running(vm) {
+            self.repair_record(vm).await?;
         }
         match &step.action {
             Action::AddVcpus { to, .. } => {

@@ -2,6 +2,8 @@
 //! accepts the ones it accepts (`fixtures/crd-verdicts.json`, recorded from and checked
 //! against the real server by `real_apiserver.rs`).
 
+mod common;
+
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
@@ -21,18 +23,7 @@ async fn the_fake_cost_estimate_agrees_with_the_real_one() {
     let crd = serde_json::to_value(wukong_api::crd::crd()).unwrap();
     let fixture: Value = serde_json::from_str(include_str!("fixtures/crd-verdicts.json")).unwrap();
     for (i, v) in fixture["variants"].as_array().unwrap().iter().enumerate() {
-        let mut variant = crd.clone();
-        let group = format!("v{i}.fixture.novasphere.dev");
-        variant["metadata"]["name"] = format!("wukongs.{group}").into();
-        variant["spec"]["group"] = group.into();
-        if let Some(pointer) = v["remove"].as_str() {
-            let (parent, key) = pointer.rsplit_once('/').unwrap();
-            variant["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-                .pointer_mut(parent)
-                .and_then(Value::as_object_mut)
-                .and_then(|o| o.remove(key))
-                .unwrap_or_else(|| panic!("{pointer} is in the CRD"));
-        }
+        let variant = common::crd_variant(&crd, i, v["remove"].as_str());
         let obj: DynamicObject = serde_json::from_value(variant).unwrap();
         let accepted = match crds.create(&PostParams::default(), &obj).await {
             Ok(_) => true,

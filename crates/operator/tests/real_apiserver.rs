@@ -7,6 +7,8 @@
 //! Needs KUBEBUILDER_ASSETS: `KUBEBUILDER_ASSETS=/path cargo nextest run -p wukong-operator
 //! --run-ignored only -E 'binary(real_apiserver)'` (scripts/test.sh runs it when it is set).
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +21,6 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use kube::{Client, Config};
-use serde::Deserialize;
 use serde_json::Value;
 
 struct ControlPlane {
@@ -141,19 +142,6 @@ async fn client(cp: &ControlPlane) -> Client {
     }
 }
 
-fn manifests(file: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy")
-            .join(file),
-    )
-    .unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
-
 async fn create(client: &Client, object: &Value) -> Result<(), kube::Error> {
     let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
         Some((g, v)) => (g, v),
@@ -182,7 +170,7 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
 
     // The CRD as shipped is accepted; without its list bound the server's CEL cost
     // estimate refuses it (so this check can fail).
-    let crd = manifests("crd.yaml").remove(0);
+    let crd = common::deploy("crd.yaml").remove(0);
     let mut unbounded = crd.clone();
     unbounded["metadata"]["name"] = "wukongs.unbounded.novasphere.dev".into();
     unbounded["spec"]["group"] = "unbounded.novasphere.dev".into();
@@ -203,21 +191,21 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
         .expect("deploy/crd.yaml is accepted");
     names_are_judged_by_the_server_as_by_the_cli(&client).await;
 
-    let mut tenant = manifests("namespace.yaml").remove(0);
+    let mut tenant = common::deploy("namespace.yaml").remove(0);
     tenant["metadata"]["name"] = "tenant".into();
-    let mut exec_in_tenant = manifests("guest-exec-namespace.yaml").remove(0);
+    let mut exec_in_tenant = common::deploy("guest-exec-namespace.yaml").remove(0);
     exec_in_tenant["metadata"]["namespace"] = "tenant".into();
-    for object in manifests("namespace.yaml")
+    for object in common::deploy("namespace.yaml")
         .iter()
-        .chain(manifests("rbac.yaml").iter())
-        .chain(manifests("guest-exec.yaml").iter())
+        .chain(common::deploy("rbac.yaml").iter())
+        .chain(common::deploy("guest-exec.yaml").iter())
         .chain([tenant, exec_in_tenant].iter())
     {
         create(&client, object)
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", object["kind"]));
     }
-    let sa = manifests("rbac.yaml")
+    let sa = common::deploy("rbac.yaml")
         .into_iter()
         .find(|d| d["kind"] == "ServiceAccount")
         .unwrap();
@@ -272,9 +260,12 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
         assert_eq!(got, want, "{case}");
     }
     // With the default binding (guest-exec-cluster.yaml), guest exec is allowed everywhere.
-    create(&client, &manifests("guest-exec-cluster.yaml").remove(0))
-        .await
-        .unwrap();
+    create(
+        &client,
+        &common::deploy("guest-exec-cluster.yaml").remove(0),
+    )
+    .await
+    .unwrap();
     for verb in ["get", "create"] {
         let case = serde_json::json!({"namespace": "default", "group": "", "resource": "pods",
                                       "subresource": "exec", "verb": verb});
@@ -339,19 +330,7 @@ async fn crd_verdicts_are_the_servers(client: &Client, crd: &Value) {
     let fixture: Value = serde_json::from_str(include_str!("fixtures/crd-verdicts.json")).unwrap();
     let mut seen = Vec::new();
     for (i, v) in fixture["variants"].as_array().unwrap().iter().enumerate() {
-        let mut variant = crd.clone();
-        let group = format!("v{i}.fixture.novasphere.dev");
-        variant["metadata"]["name"] = format!("wukongs.{group}").into();
-        variant["spec"]["group"] = group.into();
-        if let Some(pointer) = v["remove"].as_str() {
-            let (parent, key) = pointer.rsplit_once('/').unwrap();
-            let schema = &mut variant["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
-            schema
-                .pointer_mut(parent)
-                .and_then(Value::as_object_mut)
-                .and_then(|o| o.remove(key))
-                .unwrap_or_else(|| panic!("{pointer} is in the CRD"));
-        }
+        let variant = common::crd_variant(crd, i, v["remove"].as_str());
         let accepted = match create(client, &variant).await {
             Ok(()) => true,
             Err(kube::Error::Api(e))

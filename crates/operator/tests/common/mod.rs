@@ -33,7 +33,8 @@ pub fn client_for(api: &FakeApi, token: &str) -> Client {
     Client::try_from(config).unwrap()
 }
 
-fn deploy(file: &str) -> Vec<Value> {
+/// The objects of `deploy/FILE`.
+pub fn deploy(file: &str) -> Vec<Value> {
     use serde::Deserialize;
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -298,3 +299,22 @@ impl Cluster {
 }
 
 pub const BASIC: &str = "  cpu: 2\n  memory: 2Gi\n  maxCpu: 4\n  maxMemory: 4Gi\n  disks:\n  - {name: system, size: 10Gi}\n  - {name: data, size: 20Gi, filesystem: {type: ext4, mountPath: /data}}\n";
+
+/// `crd` as a CRD of its own group `v{i}.fixture.novasphere.dev`, with the schema keyword at
+/// `remove` (a JSON pointer into openAPIV3Schema) taken out: one variant of
+/// `fixtures/crd-verdicts.json`.
+pub fn crd_variant(crd: &Value, i: usize, remove: Option<&str>) -> Value {
+    let mut variant = crd.clone();
+    let group = format!("v{i}.fixture.novasphere.dev");
+    variant["metadata"]["name"] = format!("wukongs.{group}").into();
+    variant["spec"]["group"] = group.into();
+    if let Some(pointer) = remove {
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        variant["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            .pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .and_then(|o| o.remove(key))
+            .unwrap_or_else(|| panic!("{pointer} is in the CRD"));
+    }
+    variant
+}

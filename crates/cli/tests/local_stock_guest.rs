@@ -292,7 +292,6 @@ fn the_live_story_on_a_stock_debian_guest() {
     while d.wk(&["exec", "deb", "--", "true"]).status.success() {
         assert!(Instant::now() < deadline, "the agent kept answering");
     }
-    let t0 = Instant::now();
     let out = d.wk_in(
         &["apply", "-f", "-"],
         &spec(
@@ -303,15 +302,17 @@ fn the_live_story_on_a_stock_debian_guest() {
             &format!("{lvm_disk}  - {{name: late, size: 320Mi, filesystem: {{type: xfs, mountPath: /late}}}}\n{nets}"),
         ),
     );
-    let took = t0.elapsed();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("guest agent"), "{text}");
-    assert!(took < Duration::from_secs(120), "bounded: {took:?}");
+    // Ended by the verify timeout (no duration asserted: a loaded machine is slow).
+    assert!(
+        text.contains("guest agent") && text.contains("not verified within"),
+        "{text}"
+    );
     let image = d.home.join("vms/default/deb/disks/late.qcow2");
     assert!(image.exists(), "the attach was tried: {text}");
     let raw = d.home.join("late.raw");

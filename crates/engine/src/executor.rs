@@ -206,13 +206,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                             .preview(vm, &target.config, jiff::Timestamp::now())
                             .await?;
                         report.generation = target.generation;
-                        self.tell(
-                            vm,
-                            Event::Replanned {
-                                operation: operation.into(),
-                                plan: current.clone(),
-                            },
-                        )?;
+                        self.replanned(vm, operation, &current)?;
                         continue 'replan;
                     }
                     let index = report.steps.len() + 1;
@@ -275,13 +269,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                                 observed = o;
                                 if !p.is_empty() {
                                     current = p;
-                                    self.tell(
-                                        vm,
-                                        Event::Replanned {
-                                            operation: operation.into(),
-                                            plan: current.clone(),
-                                        },
-                                    )?;
+                                    self.replanned(vm, operation, &current)?;
                                     continue 'replan;
                                 }
                             }
@@ -356,13 +344,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                                 // What the restarted guest takes live (mounts, formats).
                                 booted = true;
                                 current = left;
-                                self.tell(
-                                    vm,
-                                    Event::Replanned {
-                                        operation: operation.into(),
-                                        plan: current.clone(),
-                                    },
-                                )?;
+                                self.replanned(vm, operation, &current)?;
                                 continue 'boot;
                             }
                             if !left.is_empty() {
@@ -417,6 +399,17 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
             report.observed = Some(observed);
         }
         self.finish(vm, report)
+    }
+
+    /// Tells that the operation goes on with `plan` (a new spec, or a boot to plan after).
+    fn replanned(&self, vm: &VmRef, operation: &str, plan: &Plan) -> Result<(), EngineError> {
+        self.tell(
+            vm,
+            Event::Replanned {
+                operation: operation.into(),
+                plan: plan.clone(),
+            },
+        )
     }
 
     fn finish(&self, vm: &VmRef, report: OperationReport) -> Result<OperationReport, EngineError> {

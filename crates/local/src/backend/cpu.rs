@@ -154,3 +154,13 @@ pub(super) async fn hot_added_cpus(qmp: &Qmp) -> Result<Vec<String>, BackendErro
     });
     Ok(ids)
 }
+
+/// vCPUs plugged into QEMU (those with a QOM path), online in the guest or not.
+pub(super) async fn plugged_vcpus(qmp: &Qmp) -> Result<u32, BackendError> {
+    Ok(qmp
+        .run(qmp::query_hotpluggable_cpus {})
+        .await?
+        .iter()
+        .filter(|c| c.qom_path.is_some())
+        .count() as u32)
+}

@@ -2,6 +2,7 @@
 //! virtio-mem, the guest's probe), capabilities of this QEMU, one plan step at a time, undo,
 //! and the restart into a new definition.
 
+use super::cpu::plugged_vcpus;
 use super::memory::settled_memory;
 use super::*;
 
@@ -22,12 +23,7 @@ impl Backend for LocalBackend {
             });
         }
         let qmp = self.qmp(vm).await?;
-        let plugged = qmp
-            .run(qmp::query_hotpluggable_cpus {})
-            .await?
-            .iter()
-            .filter(|c| c.qom_path.is_some())
-            .count() as u32;
+        let plugged = plugged_vcpus(&qmp).await?;
         let peripherals = qmp.peripherals().await?;
         let hotplug_memory = if peripherals.iter().any(|p| p == VMEM_ID) {
             settled_memory(&qmp).await?
@@ -78,12 +74,7 @@ impl Backend for LocalBackend {
         }
         let qmp = self.qmp(vm).await?;
         let (major, minor) = qmp.version().await?;
-        let plugged = qmp
-            .run(qmp::query_hotpluggable_cpus {})
-            .await?
-            .iter()
-            .filter(|c| c.qom_path.is_some())
-            .count() as u32;
+        let plugged = plugged_vcpus(&qmp).await?;
         let offline_plugged = plugged.saturating_sub(observed.config.cpu);
         let creations_left = rec.definition.max_cpu.saturating_sub(rec.vcpu_creations);
         let free_ports = rec.ports_total.saturating_sub(2 + rec.ports.len() as u32);

@@ -99,7 +99,7 @@ fn fake_apiserver() -> std::path::PathBuf {
             "--release",
             "-q",
             "-p",
-            "wukong-fakeapi",
+            "wukong-kvsim",
             "--bin",
             "wukong-fake-apiserver",
         ])
@@ -127,6 +127,21 @@ fn main() {
     let _api = Killed(api);
     let base = line.trim().to_string();
     let namespace = format!("{base}/api/v1/namespaces/{NS}");
+    // The install: the Wukong CRD as deploy/ ships it.
+    let crd: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/crd.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    http(
+        &format!("{base}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+        "POST",
+        "application/json",
+        Some(&crd),
+    );
     http(
         &format!("{base}/api/v1/namespaces"),
         "POST",

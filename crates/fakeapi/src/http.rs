@@ -14,15 +14,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::auth::{Attributes, Token, authenticate, authorize};
-use crate::kubevirt::Sim;
 use crate::store::{ApiError, Change, Kind, Store, Sub};
 
 /// Shared state of the server.
 pub struct Server {
     /// Objects.
     pub store: Arc<Store>,
-    /// The simulated KubeVirt.
-    pub sim: Arc<Sim>,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_every: Duration,
     /// Requests served (for the benchmark).
@@ -36,7 +33,7 @@ pub fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
-            axum::routing::get(crate::kubevirt::exec),
+            axum::routing::get(exec),
         )
         .route(
             "/version",
@@ -229,6 +226,19 @@ pub fn json_response(code: u16, v: &Value) -> Response {
         serde_json::to_vec(v).unwrap_or_default(),
     )
         .into_response()
+}
+
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/exec`: passed to the pod's kubelet.
+async fn exec(
+    State(server): State<Arc<Server>>,
+    axum::extract::Path((ns, pod)): axum::extract::Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    server.store.count("pods/exec", "create");
+    let q = query_pairs(request.uri().query().unwrap_or_default());
+    crate::proxy::exec(&server.store, &ns, &pod, &q, request)
+        .await
+        .unwrap_or_else(|e| error_response(&e))
 }
 
 /// An error response.
@@ -610,6 +620,11 @@ async fn handle(
         Err(e) => return error_response(&e),
     };
     let store = &server.store;
+    if let Target::Collection { kind, .. } | Target::Object { kind, .. } = &target
+        && !store.served(kind)
+    {
+        return error_response(&not_found(uri.path()));
+    }
     let result: Result<Value, ApiError> = match (method, target) {
         (Method::GET, Target::Collection { kind, ns }) => {
             return if matches!(param(&q, "watch"), Some("true" | "1")) {
@@ -695,18 +710,22 @@ async fn handle(
                 sub: None,
             },
         ) => store.delete(kind, &ns, &name),
-        (
-            method,
-            Target::KubevirtSub {
-                resource,
-                ns,
-                name,
-                action,
-            },
-        ) => {
-            return server
-                .sim
-                .subresource(&method, &resource, &ns, &name, &action, &body);
+        (method, Target::KubevirtSub { .. }) => {
+            let path = uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or(uri.path());
+            return crate::proxy::aggregated(
+                store,
+                "subresources.kubevirt.io",
+                "v1",
+                method,
+                path,
+                &headers,
+                body,
+            )
+            .await
+            .unwrap_or_else(|e| error_response(&e));
         }
         (m, _) => Err(ApiError::new(
             405,

@@ -2,22 +2,26 @@
 //! with the real kube client over real HTTP: the Wukong CRD's schema and CEL rules, KubeVirt
 //! objects checked against KubeVirt's swagger and webhook rules, resourceVersion conflicts,
 //! watch with bookmarks and 410 resync, the status subresource, finalizers and deletion
-//! timestamps, JSON and merge patches, and a simulated KubeVirt (see [`kubevirt`]).
+//! timestamps, JSON and merge patches, bearer tokens and RBAC. Like a real server it serves
+//! no KubeVirt itself: aggregated APIs and pod exec are passed on ([`proxy`]) to whatever
+//! registered them (the simulator in `wukong-kvsim`, or nothing).
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod crd_cost;
 pub mod http;
-pub mod kubevirt;
+pub mod proxy;
+pub mod quantity;
+pub mod schema;
 pub mod store;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-pub use kubevirt::{Faults, Sim};
 pub use store::{ApiError, Kind, Store, Sub};
 
 /// A running fake API server.
@@ -26,8 +30,6 @@ pub struct FakeApi {
     pub addr: SocketAddr,
     /// Its objects.
     pub store: Arc<Store>,
-    /// The simulated KubeVirt.
-    pub sim: Arc<Sim>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -53,8 +55,7 @@ impl Default for Options {
 }
 
 impl FakeApi {
-    /// Starts a server on an ephemeral loopback port, with a `KubeVirt` CR (live updates on)
-    /// and two StorageClasses (`expandable`, the default, and `fixed`).
+    /// Starts a server on an ephemeral loopback port.
     pub async fn start(opts: Options) -> std::io::Result<FakeApi> {
         Self::start_on("127.0.0.1:0".parse().expect("an address"), opts).await
     }
@@ -62,10 +63,8 @@ impl FakeApi {
     /// Like [`FakeApi::start`] on a given address.
     pub async fn start_on(addr: SocketAddr, opts: Options) -> std::io::Result<FakeApi> {
         let store = Store::new(opts.history);
-        let sim = Sim::new(store.clone());
         let server = Arc::new(http::Server {
             store: store.clone(),
-            sim: sim.clone(),
             bookmark_every: opts.bookmark_every,
             requests: Default::default(),
             tokens: opts.tokens,
@@ -76,50 +75,17 @@ impl FakeApi {
         let serve = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let simulate = tokio::spawn(sim.clone().run());
         let api = FakeApi {
             addr,
             store,
-            sim,
-            tasks: vec![serve, simulate],
+            tasks: vec![serve],
         };
-        api.seed();
         Ok(api)
-    }
-
-    fn seed(&self) {
-        let kv = json!({"apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
-            "metadata": {"name": "kubevirt", "namespace": "kubevirt"},
-            "spec": {"workloadUpdateStrategy": {"workloadUpdateMethods": ["LiveMigrate"]},
-                     "configuration": {"vmRolloutStrategy": "LiveUpdate",
-                                       "developerConfiguration": {"featureGates": ["DeclarativeHotplugVolumes"]}}}});
-        let _ = self
-            .store
-            .create(Kind::named("kubevirt.io", "KubeVirt"), "kubevirt", kv);
-        for (name, expandable, default) in [("expandable", true, true), ("fixed", false, false)] {
-            let mut sc = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-                "metadata": {"name": name}, "provisioner": "csi.example.dev",
-                "allowVolumeExpansion": expandable});
-            if default {
-                sc["metadata"]["annotations"] =
-                    json!({"storageclass.kubernetes.io/is-default-class": "true"});
-            }
-            let _ = self
-                .store
-                .create(Kind::named("storage.k8s.io", "StorageClass"), "", sc);
-        }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    /// Changes the injected faults.
-    pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
-        f(&mut self.sim.faults.lock().expect("faults"));
-        // The controllers' periodic retries: what failed is tried again.
-        self.sim.resync();
     }
 
     /// An object, if it exists.

@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use crate::quantity::bytes;
+use crate::schema::Swagger;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
-use wukong_kubevirt::{Swagger, bytes};
 
 /// A served resource.
 #[derive(Debug, PartialEq, Eq)]
@@ -147,14 +148,26 @@ pub static KINDS: &[Kind] = &[
         true,
         true
     ),
+    // KubeVirt's VMI CRD has no status subresource: status is written with the object.
     kind!(
         "kubevirt.io",
         "v1",
         "virtualmachineinstances",
         "VirtualMachineInstance",
         true,
-        true,
+        false,
         true
+    ),
+    kind!("", "v1", "nodes", "Node", false, true, false),
+    kind!("", "v1", "services", "Service", true, true, false),
+    kind!(
+        "apiregistration.k8s.io",
+        "v1",
+        "apiservices",
+        "APIService",
+        false,
+        true,
+        false
     ),
     kind!(
         "vm.novasphere.dev",
@@ -318,7 +331,9 @@ pub struct Store {
     tx: broadcast::Sender<Arc<Change>>,
     history_limit: usize,
     kubevirt: Swagger,
-    wukong: Swagger,
+    /// Validators built from each stored CRD, by CRD name, with the resourceVersion they
+    /// were built from.
+    crds: Mutex<BTreeMap<String, (String, Arc<CrdRules>)>>,
     /// Bumped to end every open watch (with [`Store::compact`]).
     pub closed: tokio::sync::watch::Sender<u64>,
 }
@@ -352,7 +367,85 @@ fn is_dns_subdomain(name: &str) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// Groups served only through an installed CRD, checked by its schema and CEL rules (the
+/// KubeVirt kinds stand for KubeVirt's CRDs and are checked by KubeVirt's swagger).
+const CRD_GROUPS: [&str; 1] = ["vm.novasphere.dev"];
+
+/// What a stored CRD's version checks: its OpenAPI schema and its CEL rules.
+pub struct CrdRules {
+    name: &'static str,
+    schema: Swagger,
+    cel: kube::core::cel::CompiledSchema,
+}
+
+impl CrdRules {
+    fn new(kind: &Kind, crd: &Value) -> Option<CrdRules> {
+        let version = crd["spec"]["versions"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == kind.version)?;
+        let schema = version["schema"]["openAPIV3Schema"].clone();
+        Some(CrdRules {
+            name: kind.kind,
+            cel: kube::core::cel::compile_schema(&schema),
+            schema: Swagger::single(kind.kind, schema),
+        })
+    }
+
+    /// Every problem of `new` (replacing `old`), in the real server's words.
+    fn check(&self, new: &Value, old: Option<&Value>) -> Vec<String> {
+        // apiVersion, kind and metadata are the server's own, whatever the schema says.
+        let mut body = new.clone();
+        if let Some(o) = body.as_object_mut() {
+            for k in ["apiVersion", "kind", "metadata"] {
+                o.remove(k);
+            }
+        }
+        let mut errors = self.schema.validate(self.name, &body);
+        if let Err(cel) = kube::core::cel::Validator::new().validate_compiled(&self.cel, new, old) {
+            errors.extend(cel.iter().map(|e| {
+                let at = if e.field_path.is_empty() {
+                    "<root>".to_string()
+                } else {
+                    e.field_path.clone()
+                };
+                format!("{at}: Invalid value: {}", e.message)
+            }));
+        }
+        errors
+    }
+}
+
 impl Store {
+    /// Whether `kind` is served: a custom resource only once its CRD is installed.
+    pub fn served(&self, kind: &Kind) -> bool {
+        let crd_kind = Kind::named("apiextensions.k8s.io", "CustomResourceDefinition");
+        !CRD_GROUPS.contains(&kind.group)
+            || self
+                .get(crd_kind, "", &format!("{}.{}", kind.plural, kind.group))
+                .is_some()
+    }
+
+    /// The rules of the installed CRD serving `kind`, if one is installed.
+    fn crd_rules(&self, g: &Inner, kind: &Kind) -> Option<Arc<CrdRules>> {
+        let name = format!("{}.{}", kind.plural, kind.group);
+        let crd_kind = Kind::named("apiextensions.k8s.io", "CustomResourceDefinition");
+        let crd = g.objects.get(&key(crd_kind, "", &name))?;
+        let rv = crd["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut cache = self.crds.lock().expect("crds");
+        if let Some((seen, rules)) = cache.get(&name)
+            && *seen == rv
+        {
+            return Some(rules.clone());
+        }
+        let rules = Arc::new(CrdRules::new(kind, crd)?);
+        cache.insert(name, (rv, rules.clone()));
+        Some(rules)
+    }
+
     /// An empty store keeping `history_limit` changes for watches to resume from.
     pub fn new(history_limit: usize) -> Arc<Store> {
         let swagger: Value = serde_json::from_str(include_str!(
@@ -373,7 +466,7 @@ impl Store {
             tx,
             history_limit,
             kubevirt: Swagger::new(&swagger).expect("the swagger fixture has definitions"),
-            wukong: Swagger::single("Wukong", wukong_api::crd::schema()),
+            crds: Mutex::new(BTreeMap::new()),
             closed: tokio::sync::watch::channel(0).0,
         })
     }
@@ -501,27 +594,19 @@ impl Store {
         let _ = self.tx.send(change);
     }
 
-    fn validate(&self, kind: &Kind, new: &Value, old: Option<&Value>) -> Vec<String> {
+    fn validate(&self, g: &Inner, kind: &Kind, new: &Value, old: Option<&Value>) -> Vec<String> {
         let mut errors = Vec::new();
         match kind.kind {
-            "Wukong" => {
-                // apiVersion, kind and metadata are the server's own, whatever the schema says.
-                let mut body = new.clone();
-                if let Some(o) = body.as_object_mut() {
-                    for k in ["apiVersion", "kind", "metadata"] {
-                        o.remove(k);
-                    }
-                }
-                errors.extend(self.wukong.validate("Wukong", &body));
-                errors.extend(
-                    wukong_api::crd::check_cel(new, old)
-                        .into_iter()
-                        .map(|v| format!("{}: Invalid value: {}", v.field, v.message)),
-                );
-            }
+            _ if CRD_GROUPS.contains(&kind.group) => match self.crd_rules(g, kind) {
+                Some(rules) => errors.extend(rules.check(new, old)),
+                None => errors.push(format!(
+                    "no CustomResourceDefinition {}.{} is installed",
+                    kind.plural, kind.group
+                )),
+            },
             "VirtualMachine" => {
                 errors.extend(self.kubevirt.validate("v1.VirtualMachine", new));
-                errors.extend(wukong_kubevirt::webhook::check_vm(new));
+                errors.extend(crate::webhook::check_vm(new));
             }
             "VirtualMachineInstance" => {
                 errors.extend(self.kubevirt.validate("v1.VirtualMachineInstance", new))
@@ -625,7 +710,7 @@ impl Store {
                 obj["spec"]["storageClassName"] = sc;
             }
         }
-        let errors = self.validate(kind, &obj, None);
+        let errors = self.validate(&g, kind, &obj, None);
         if !errors.is_empty() {
             g.rv -= 1;
             return Err(ApiError::invalid(kind, &name, &errors));
@@ -749,7 +834,7 @@ impl Store {
         if kind.kind == "PersistentVolumeClaim" && sub == Sub::Main {
             pvc_resize_admission(&g, name, &result, &old)?;
         }
-        let errors = self.validate(kind, &result, Some(&old));
+        let errors = self.validate(&g, kind, &result, Some(&old));
         if !errors.is_empty() {
             return Err(ApiError::invalid(kind, name, &errors));
         }

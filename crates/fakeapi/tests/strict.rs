@@ -7,6 +7,25 @@ use kube::core::WatchEvent;
 use serde_json::{Value, json};
 use wukong_fakeapi::{FakeApi, Options};
 
+/// The Wukong CRD as deploy/ ships it: the server checks Wukongs by it.
+fn install_crd(api: &FakeApi) {
+    let crd: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/crd.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    api.store
+        .create(
+            wukong_fakeapi::Kind::named("apiextensions.k8s.io", "CustomResourceDefinition"),
+            "",
+            crd,
+        )
+        .unwrap();
+}
+
 async fn start() -> (FakeApi, Client) {
     let api = FakeApi::start(Options {
         history: 100,
@@ -15,6 +34,7 @@ async fn start() -> (FakeApi, Client) {
     })
     .await
     .unwrap();
+    install_crd(&api);
     let client = Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
     (api, client)
 }
@@ -254,16 +274,31 @@ async fn pvcs_only_grow_and_only_where_the_class_allows() {
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": class, "resources": {"requests": {"storage": "10Gi"}}}})
     };
-    let mut changes = _api.store.subscribe();
+    for (name, expandable) in [("expandable", true), ("fixed", false)] {
+        post(
+            &c,
+            "/apis/storage.k8s.io/v1/storageclasses",
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+                   "provisioner": "csi.example.dev", "allowVolumeExpansion": expandable}),
+        )
+        .await
+        .unwrap();
+    }
     post(&c, PVCS, pvc("a", "expandable")).await.unwrap();
     post(&c, PVCS, pvc("b", "fixed")).await.unwrap();
-    // Only a bound claim may grow: wait for the provisioner.
-    let bound = |name: &str| {
-        _api.get("", "PersistentVolumeClaim", "ns", name)
-            .is_some_and(|p| p["status"]["phase"] == "Bound")
-    };
-    while !(bound("a") && bound("b")) {
-        changes.recv().await.unwrap();
+    // Only a bound claim may grow: bind them as a provisioner would, through /status.
+    for name in ["a", "b"] {
+        let mut p = get(&c, &format!("{PVCS}/{name}")).await.unwrap();
+        p["status"] = json!({"phase": "Bound", "capacity": {"storage": "10Gi"}});
+        call(
+            &c,
+            "PUT",
+            &format!("{PVCS}/{name}/status"),
+            "application/json",
+            p,
+        )
+        .await
+        .unwrap();
     }
     let size = |s: &str| json!({"spec": {"resources": {"requests": {"storage": s}}}});
     let merge = "application/merge-patch+json";
@@ -367,6 +402,7 @@ async fn requests_are_authenticated_and_authorized_by_rbac() {
     })
     .await
     .unwrap();
+    install_crd(&api);
     let as_user = |t: Option<&str>| {
         let mut config = kube::Config::new(api.url().parse().unwrap());
         config.auth_info.token = t.map(|t| t.to_string().into());

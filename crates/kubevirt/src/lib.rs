@@ -6,8 +6,6 @@
 pub mod edits;
 pub mod preflight;
 pub mod render;
-pub mod schema;
-pub mod webhook;
 
 pub use edits::{Edit, apply_patches, edits};
 
@@ -21,4 +19,3 @@ pub fn bytes(v: &serde_json::Value) -> Option<u64> {
 }
 pub use preflight::{ClusterFacts, Preflight, preflight};
 pub use render::{Rendered, expected_guest_size, render};
-pub use schema::Swagger;

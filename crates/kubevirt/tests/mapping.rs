@@ -5,8 +5,9 @@ use wukong_api::config::{HostLimits, resolve_new};
 use wukong_api::document::parse_documents;
 use wukong_api::merge::merge_spec;
 use wukong_api::{BackendKind, Pinned, VmConfig, resolve};
+use wukong_fakeapi::schema::Swagger;
 use wukong_kubevirt::{
-    ClusterFacts, Edit, Swagger, apply_patches, edits, expected_guest_size, preflight, render,
+    ClusterFacts, Edit, apply_patches, edits, expected_guest_size, preflight, render,
 };
 use wukong_planner::{Action, Mode, Observed, plan};
 
@@ -22,7 +23,7 @@ fn swagger() -> Swagger {
 /// Every problem of a rendered or patched VM: schema and webhook rules.
 fn vm_problems(s: &Swagger, vm: &Value) -> Vec<String> {
     let mut p = s.validate("v1.VirtualMachine", vm);
-    p.extend(wukong_kubevirt::webhook::check_vm(vm));
+    p.extend(wukong_fakeapi::webhook::check_vm(vm));
     p
 }
 
@@ -147,7 +148,7 @@ fn the_validators_refuse_what_a_cluster_would() {
     vm["spec"]["template"]["spec"]["domain"]["memory"] =
         json!({"guest": "512Mi", "maxGuest": "2Gi"});
     vm["spec"]["liveUpdateFeatures"] = json!({});
-    let p = wukong_kubevirt::webhook::check_vm(&vm);
+    let p = wukong_fakeapi::webhook::check_vm(&vm);
     assert_eq!(p.len(), 3, "{p:?}");
     assert!(
         s.validate("v1.VirtualMachine", &json!({"kind": "VirtualMachine"}))

@@ -9,164 +9,27 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::control_plane::ControlPlane;
+use common::create;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use kube::api::{Api, DynamicObject, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::ApiResource;
-use kube::{Client, Config};
+use kube::Client;
+use kube::api::{Api, PostParams};
 use serde_json::Value;
 
-struct ControlPlane {
-    children: Vec<Child>,
-    dir: PathBuf,
-    url: String,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 const TOKEN: &str = "wukong-test-admin-token";
-
-fn start(assets: &Path) -> ControlPlane {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
-    let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
-    let etcd = Command::new(assets.join("etcd"))
-        .args(["--data-dir", &dir.join("etcd").display().to_string()])
-        .args([
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{etcd_port}"),
-        ])
-        .args([
-            "--advertise-client-urls",
-            &format!("http://127.0.0.1:{etcd_port}"),
-        ])
-        .args([
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer_port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(log("etcd.log"))
-        .spawn()
-        .expect("etcd from KUBEBUILDER_ASSETS");
-    let key = dir.join("sa.key");
-    let status = Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "openssl genrsa");
-    std::fs::write(
-        dir.join("tokens.csv"),
-        format!("{TOKEN},admin,1,system:masters\n"),
-    )
-    .unwrap();
-    let api = Command::new(assets.join("kube-apiserver"))
-        .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_port}")])
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--secure-port",
-            &api_port.to_string(),
-        ])
-        .args(["--cert-dir", &dir.join("certs").display().to_string()])
-        .args(["--service-account-issuer", "https://wukong.test"])
-        .args(["--service-account-key-file", &key.display().to_string()])
-        .args([
-            "--service-account-signing-key-file",
-            &key.display().to_string(),
-        ])
-        .args([
-            "--token-auth-file",
-            &dir.join("tokens.csv").display().to_string(),
-        ])
-        .args(["--authorization-mode", "RBAC"])
-        .args(["--service-cluster-ip-range", "10.0.0.0/24"])
-        .stdout(Stdio::null())
-        .stderr(log("kube-apiserver.log"))
-        .spawn()
-        .expect("kube-apiserver from KUBEBUILDER_ASSETS");
-    ControlPlane {
-        children: vec![api, etcd],
-        url: format!("https://127.0.0.1:{api_port}"),
-        dir,
-    }
-}
-
-async fn client(cp: &ControlPlane) -> Client {
-    let mut config = Config::new(cp.url.parse().unwrap());
-    config.accept_invalid_certs = true;
-    config.auth_info.token = Some(TOKEN.to_string().into());
-    let client = Client::try_from(config).unwrap();
-    // Ready when /readyz answers ok (etcd connected, bootstrap RBAC written).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
-        if client
-            .request_text(req)
-            .await
-            .is_ok_and(|t| t.trim() == "ok")
-        {
-            return client;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kube-apiserver not ready: {}",
-            std::fs::read_to_string(cp.dir.join("kube-apiserver.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn create(client: &Client, object: &Value) -> Result<(), kube::Error> {
-    let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", object["apiVersion"].as_str().unwrap()),
-    };
-    let gvk = GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap());
-    let plural = format!("{}s", gvk.kind.to_lowercase());
-    let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
-    let obj: DynamicObject = serde_json::from_value(object.clone()).unwrap();
-    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-        None => Api::all_with(client.clone(), &ar),
-    };
-    api.create(&PostParams::default(), &obj).await.map(|_| ())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a kube-apiserver and etcd in KUBEBUILDER_ASSETS"]
 async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
-    let assets = PathBuf::from(
-        std::env::var_os("KUBEBUILDER_ASSETS")
-            .expect("KUBEBUILDER_ASSETS must name a directory holding kube-apiserver and etcd"),
+    let cp = ControlPlane::start(
+        &common::control_plane::assets(),
+        &[(TOKEN, "admin", &["system:masters"])],
     );
-    let cp = start(&assets);
-    let client = client(&cp).await;
+    let client = cp.client(TOKEN).await;
 
     // The CRD as shipped is accepted; without its list bound the server's CEL cost
     // estimate refuses it (so this check can fail).

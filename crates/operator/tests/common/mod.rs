@@ -1,25 +1,61 @@
-//! A cluster for the operator's tests: the fake API server with its simulated KubeVirt, a
-//! kube client over real HTTP, and the operator running in-process (restartable).
+//! A cluster for the operator's tests: an API server, the simulated KubeVirt beside it
+//! (`wukong-kvsim`, over HTTP), a kube client, and the operator running in-process
+//! (restartable) as its ServiceAccount.
+//!
+//! The API server is the project's fake (the default), or, with
+//! `WUKONG_TEST_TARGET=envtest`, a real kube-apiserver + etcd started from the binaries in
+//! `KUBEBUILDER_ASSETS` ([`control_plane`]) with KubeVirt's CRDs from its swagger
+//! ([`kubevirt_crds`]). The same tests run on both.
 #![allow(dead_code)]
+
+pub mod control_plane;
+pub mod kubevirt_crds;
 
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use futures_util::StreamExt;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::watcher;
 use kube::{Client, Config};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use wukong_api::Wukong;
 use wukong_fakeapi::auth::Token;
 use wukong_fakeapi::{FakeApi, Options as FakeOptions};
 use wukong_operator::Options;
 
+use control_plane::ControlPlane;
+
 pub const NS: &str = "tenant";
 
+/// The API server under the test.
+pub enum Backend {
+    Fake(FakeApi),
+    Real(ControlPlane),
+}
+
 pub struct Cluster {
-    pub api: FakeApi,
+    backend: Backend,
+    /// The simulated KubeVirt (faults, exec count).
+    pub kubevirt: wukong_kvsim::Running,
     pub client: Client,
+    operator_client: Client,
+    changes: watch::Receiver<u64>,
+    watches: Vec<tokio::task::JoinHandle<()>>,
     operator: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     pub opts: Options,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &self.watches {
+            w.abort();
+        }
+        if let Some((_, task)) = self.operator.take() {
+            task.abort();
+        }
+    }
 }
 
 /// The test's own token: group system:masters, it may do everything.
@@ -63,11 +99,7 @@ pub fn install(api: &FakeApi, file: &str, ns: Option<&str>) {
 }
 
 /// The operator's identity and grants, exactly as `kubectl apply -k deploy/` installs them.
-fn install_rbac(api: &FakeApi) {
-    for file in ["rbac.yaml", "guest-exec.yaml", "guest-exec-cluster.yaml"] {
-        install(api, file, None);
-    }
-}
+const RBAC: [&str; 3] = ["rbac.yaml", "guest-exec.yaml", "guest-exec-cluster.yaml"];
 
 fn api_kind(object: &Value) -> &'static wukong_fakeapi::Kind {
     let group = object["apiVersion"]
@@ -91,6 +123,55 @@ pub fn operator_user() -> String {
     )
 }
 
+/// The groups of a ServiceAccount of namespace `ns`.
+fn sa_groups(user: &str) -> Vec<String> {
+    let ns = user.split(':').nth(2).unwrap_or_default();
+    vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ]
+}
+
+/// The API resource of `object` (plural: the kind in lower case plus `s`, true of every
+/// kind the tests create).
+pub fn resource_of(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let plural = format!("{}s", kind.to_lowercase());
+    ApiResource::from_gvk_with_plural(&gvk, &plural)
+}
+
+fn dynamic(client: &Client, ar: &ApiResource, ns: Option<&str>) -> Api<DynamicObject> {
+    match ns {
+        Some(ns) if !ns.is_empty() => Api::namespaced_with(client.clone(), ns, ar),
+        _ => Api::all_with(client.clone(), ar),
+    }
+}
+
+/// Creates `object` through the API.
+pub async fn create(client: &Client, object: &Value) -> Result<(), kube::Error> {
+    let ar = resource_of(
+        object["apiVersion"].as_str().unwrap(),
+        object["kind"].as_str().unwrap(),
+    );
+    let obj: DynamicObject = serde_json::from_value(object.clone()).unwrap();
+    dynamic(client, &ar, object["metadata"]["namespace"].as_str())
+        .create(&PostParams::default(), &obj)
+        .await
+        .map(|_| ())
+}
+
+/// Runs `f` to completion from synchronous code inside the test's (multi-threaded) runtime.
+fn blocking<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// Which API server the tests run against.
+pub fn target() -> String {
+    std::env::var("WUKONG_TEST_TARGET").unwrap_or_else(|_| "fake".into())
+}
+
 impl Cluster {
     pub async fn start() -> Cluster {
         Self::start_with(|_| {}).await
@@ -101,31 +182,63 @@ impl Cluster {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let token = |token: &str, user: String, groups: &[&str]| Token {
-            token: token.into(),
-            user,
-            groups: groups.iter().map(|g| g.to_string()).collect(),
+        let operator = operator_user();
+        let (backend, client, operator_client) = match target().as_str() {
+            "fake" => {
+                let token = |token: &str, user: String, groups: Vec<String>| Token {
+                    token: token.into(),
+                    user,
+                    groups,
+                };
+                let api = FakeApi::start(FakeOptions {
+                    history: 100_000,
+                    bookmark_every: Duration::from_millis(300),
+                    tokens: vec![
+                        token(
+                            ADMIN_TOKEN,
+                            "admin".into(),
+                            vec!["system:masters".into(), "system:authenticated".into()],
+                        ),
+                        token(OPERATOR_TOKEN, operator.clone(), sa_groups(&operator)),
+                    ],
+                })
+                .await
+                .unwrap();
+                for file in ["crd.yaml"].into_iter().chain(RBAC) {
+                    install(&api, file, None);
+                }
+                let (admin, op) = (
+                    client_for(&api, ADMIN_TOKEN),
+                    client_for(&api, OPERATOR_TOKEN),
+                );
+                (Backend::Fake(api), admin, op)
+            }
+            "envtest" => {
+                let groups = sa_groups(&operator);
+                let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+                let cp = ControlPlane::start(
+                    &control_plane::assets(),
+                    &[
+                        (ADMIN_TOKEN, "admin", &["system:masters"]),
+                        (OPERATOR_TOKEN, &operator, &groups),
+                    ],
+                );
+                let admin = cp.client(ADMIN_TOKEN).await;
+                let op = cp.client(OPERATOR_TOKEN).await;
+                install_real(&admin).await;
+                (Backend::Real(cp), admin, op)
+            }
+            other => panic!("WUKONG_TEST_TARGET={other}: fake or envtest"),
         };
-        let api = FakeApi::start(FakeOptions {
-            history: 100_000,
-            bookmark_every: Duration::from_millis(300),
-            tokens: vec![
-                token(
-                    ADMIN_TOKEN,
-                    "admin".into(),
-                    &["system:masters", "system:authenticated"],
-                ),
-                token(
-                    OPERATOR_TOKEN,
-                    operator_user(),
-                    &["system:serviceaccounts", "system:authenticated"],
-                ),
-            ],
-        })
+        let kubevirt = wukong_kvsim::start(client.clone()).await.unwrap();
+        create(
+            &client,
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+        )
         .await
         .unwrap();
-        install_rbac(&api);
-        let client = client_for(&api, ADMIN_TOKEN);
+        let (tx, changes) = watch::channel(0u64);
+        let watches = watch_changes(&client, tx);
         let mut opts = Options {
             // Generous: a loaded CI machine must not turn a slow step into a failure.
             verify_timeout: Duration::from_secs(15),
@@ -137,8 +250,12 @@ impl Cluster {
         opts.kube.restart = Duration::from_secs(30);
         f(&mut opts);
         let mut c = Cluster {
-            api,
+            backend,
+            kubevirt,
             client,
+            operator_client,
+            changes,
+            watches,
             operator: None,
             opts,
         };
@@ -146,10 +263,18 @@ impl Cluster {
         c
     }
 
+    /// The fake API server, for a test that needs its fault injection.
+    pub fn fake(&self) -> &FakeApi {
+        match &self.backend {
+            Backend::Fake(api) => api,
+            Backend::Real(_) => panic!("this test needs the fake API server's fault injection"),
+        }
+    }
+
     pub fn start_operator(&mut self) {
         let (tx, rx) = oneshot::channel::<()>();
         // The operator runs as its ServiceAccount: a call deploy/ does not grant is a 403.
-        let client = client_for(&self.api, OPERATOR_TOKEN);
+        let client = self.operator_client.clone();
         let opts = self.opts.clone();
         let task = tokio::spawn(async move {
             wukong_operator::run(client, opts, async {
@@ -166,6 +291,38 @@ impl Cluster {
         if let Some((_, task)) = self.operator.take() {
             task.abort();
             let _ = task.await;
+        }
+    }
+
+    /// Takes guest exec away from the operator (the install without
+    /// guest-exec-cluster.yaml), and waits until the authorizer says so.
+    pub async fn revoke_guest_exec(&self) {
+        let bindings: Api<DynamicObject> = dynamic(
+            &self.client,
+            &resource_of("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+            None,
+        );
+        bindings
+            .delete("wukong-operator-guest-exec", &DeleteParams::default())
+            .await
+            .unwrap();
+        if let Backend::Real(_) = self.backend {
+            let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": operator_user(), "groups": sa_groups(&operator_user()),
+                         "resourceAttributes": {"namespace": NS, "resource": "pods",
+                                                "subresource": "exec", "verb": "create"}}});
+            let ar = resource_of("authorization.k8s.io/v1", "SubjectAccessReview");
+            let api: Api<DynamicObject> = dynamic(&self.client, &ar, None);
+            let review: DynamicObject = serde_json::from_value(review).unwrap();
+            // The authorizer's RBAC cache follows the delete by a moment.
+            for _ in 0..200 {
+                let r = api.create(&PostParams::default(), &review).await.unwrap();
+                if r.data["status"]["allowed"] != true {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the authorizer still allows the operator pods/exec");
         }
     }
 
@@ -203,29 +360,69 @@ impl Cluster {
             .unwrap();
     }
 
-    pub fn wukong(&self, name: &str) -> Option<Value> {
-        self.api.get("vm.novasphere.dev", "Wukong", NS, name)
-    }
-    pub fn vm(&self, name: &str) -> Option<Value> {
-        self.api.get("kubevirt.io", "VirtualMachine", NS, name)
-    }
-    pub fn vmi(&self, name: &str) -> Option<Value> {
-        self.api
-            .get("kubevirt.io", "VirtualMachineInstance", NS, name)
-    }
-    pub fn pvc(&self, name: &str) -> Option<Value> {
-        self.api.get("", "PersistentVolumeClaim", NS, name)
+    /// An object as the server has it now (a fresh GET).
+    pub fn get(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let api = dynamic(&self.client, &resource_of(api_version, kind), Some(ns));
+        match blocking(api.get(name)) {
+            Ok(o) => Some(serde_json::to_value(o).unwrap()),
+            Err(kube::Error::Api(e)) if e.code == 404 => None,
+            Err(e) => panic!("GET {kind} {ns}/{name}: {e}"),
+        }
     }
 
-    /// Waits, change by change in the store, until `f` holds; panics after `timeout`.
+    fn list(&self, api_version: &str, kind: &str, ns: &str) -> Vec<Value> {
+        let api = dynamic(&self.client, &resource_of(api_version, kind), Some(ns));
+        blocking(api.list(&Default::default()))
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).unwrap())
+            .collect()
+    }
+
+    pub fn wukong(&self, name: &str) -> Option<Value> {
+        self.get("vm.novasphere.dev/v1alpha1", "Wukong", NS, name)
+    }
+    pub fn vm(&self, name: &str) -> Option<Value> {
+        self.get("kubevirt.io/v1", "VirtualMachine", NS, name)
+    }
+    pub fn vmi(&self, name: &str) -> Option<Value> {
+        self.get("kubevirt.io/v1", "VirtualMachineInstance", NS, name)
+    }
+    pub fn pvc(&self, name: &str) -> Option<Value> {
+        self.get("v1", "PersistentVolumeClaim", NS, name)
+    }
+    /// What the simulated guest agent reports as VMI `vmi`'s filesystems, if it runs.
+    pub fn filesystems(&self, vmi: &str) -> Option<Vec<Value>> {
+        blocking(self.kubevirt.filesystems_of(NS, vmi))
+    }
+
+    /// PVC and VM creates the server was asked for (accepted or not): known to the fake only.
+    pub fn create_attempts(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Fake(api) => Some(
+                api.store.writes("persistentvolumeclaims", "create")
+                    + api.store.writes("virtualmachines", "create"),
+            ),
+            Backend::Real(_) => None,
+        }
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<Value> {
+        self.get("v1", "Namespace", "", name)
+    }
+
+    /// Waits, change by change in the watched objects, until `f` holds; panics after
+    /// `timeout`.
     pub async fn until(&self, what: &str, timeout: Duration, f: impl Fn(&Cluster) -> bool) {
-        let mut changes = self.api.store.subscribe();
+        let mut changes = self.changes.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            changes.borrow_and_update();
             if f(self) {
                 return;
             }
-            match tokio::time::timeout_at(deadline, changes.recv()).await {
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(_) => {}
                 Err(_) => {
                     if f(self) {
@@ -241,12 +438,8 @@ impl Cluster {
     }
 
     fn wukongs_status(&self) -> Value {
-        let (items, _) = self.api.store.list(
-            wukong_fakeapi::Kind::named("vm.novasphere.dev", "Wukong"),
-            None,
-        );
         Value::Array(
-            items
+            self.list("vm.novasphere.dev/v1alpha1", "Wukong", NS)
                 .into_iter()
                 .map(|w| json!({"name": w["metadata"]["name"], "status": w["status"]}))
                 .collect(),
@@ -286,11 +479,7 @@ impl Cluster {
 
     /// Reasons of the Kubernetes Events about `name`.
     pub fn event_reasons(&self, name: &str) -> Vec<String> {
-        let (items, _) = self.api.store.list(
-            wukong_fakeapi::Kind::named("events.k8s.io", "Event"),
-            Some(NS),
-        );
-        items
+        self.list("events.k8s.io/v1", "Event", NS)
             .iter()
             .filter(|e| e["regarding"]["name"] == name)
             .filter_map(|e| e["reason"].as_str().map(String::from))
@@ -298,6 +487,78 @@ impl Cluster {
     }
 }
 
+/// Watches what the tests look at and counts changes into `tx`.
+fn watch_changes(client: &Client, tx: watch::Sender<u64>) -> Vec<tokio::task::JoinHandle<()>> {
+    let tx = std::sync::Arc::new(tx);
+    [
+        ("vm.novasphere.dev/v1alpha1", "Wukong", Some(NS)),
+        ("kubevirt.io/v1", "VirtualMachine", Some(NS)),
+        ("kubevirt.io/v1", "VirtualMachineInstance", Some(NS)),
+        ("v1", "PersistentVolumeClaim", Some(NS)),
+        ("events.k8s.io/v1", "Event", Some(NS)),
+        ("v1", "Namespace", None),
+    ]
+    .into_iter()
+    .map(|(v, k, ns)| {
+        let api = dynamic(client, &resource_of(v, k), ns);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default()).boxed();
+            while let Some(e) = events.next().await {
+                if e.is_ok() {
+                    tx.send_modify(|n| *n += 1);
+                }
+            }
+        })
+    })
+    .collect()
+}
+
+/// The install on a real server: the operator's namespace, CRD and RBAC from deploy/, and
+/// KubeVirt's CRDs; back once the server serves the new kinds.
+async fn install_real(client: &Client) {
+    let objects: Vec<Value> = ["namespace.yaml", "crd.yaml"]
+        .into_iter()
+        .chain(RBAC)
+        .flat_map(deploy)
+        .chain(kubevirt_crds::crds())
+        .collect();
+    for object in &objects {
+        create(client, object)
+            .await
+            .unwrap_or_else(|e| panic!("{} {}: {e}", object["kind"], object["metadata"]["name"]));
+    }
+    // A CRD is served once Established.
+    for crd in objects
+        .iter()
+        .filter(|o| o["kind"] == "CustomResourceDefinition")
+    {
+        let name = crd["metadata"]["name"].as_str().unwrap();
+        let api = dynamic(
+            client,
+            &resource_of("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+            None,
+        );
+        let established = |o: &DynamicObject| {
+            o.data["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            })
+        };
+        let mut events = watcher(
+            api,
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .boxed();
+        while let Some(e) = events.next().await {
+            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = e
+                && established(&o)
+            {
+                break;
+            }
+        }
+    }
+}
 pub const BASIC: &str = "  cpu: 2\n  memory: 2Gi\n  maxCpu: 4\n  maxMemory: 4Gi\n  disks:\n  - {name: system, size: 10Gi}\n  - {name: data, size: 20Gi, filesystem: {type: ext4, mountPath: /data}}\n";
 
 /// `crd` as a CRD of its own group `v{i}.fixture.novasphere.dev`, with the schema keyword at

@@ -1,11 +1,15 @@
 //! The admission rules KubeVirt's webhooks enforce on a `VirtualMachine` that matter to Wukong
-//! (beyond the schema): what a real cluster would refuse.
+//! (beyond the schema), written from KubeVirt's documentation: what a real cluster would
+//! refuse.
 
 use serde_json::Value;
-use wukong_api::quantity::MEMORY_ALIGNMENT;
 
-use crate::bytes;
-use crate::render::MIN_HOTPLUG_GUEST;
+use crate::quantity::bytes;
+
+/// KubeVirt aligns guest memory to 2 MiB and refuses what is not.
+const MEMORY_ALIGNMENT: u64 = 2 << 20;
+/// Memory hotplug needs a guest of at least 1 GiB.
+const MIN_HOTPLUG_GUEST: u64 = 1 << 30;
 
 /// Every rule `vm` breaks, as `path: reason`.
 pub fn check_vm(vm: &Value) -> Vec<String> {

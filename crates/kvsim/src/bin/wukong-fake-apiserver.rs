@@ -24,6 +24,26 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let client = match kube::Client::try_from(kube::Config::new(
+        api.url().parse().expect("the fake's URL"),
+    )) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wukong-fake-apiserver: a client for the simulator: {e}");
+            std::process::exit(1);
+        }
+    };
+    // A resync as KubeVirt's controllers have it: rare, the watches do the work.
+    let opts = wukong_kvsim::Options {
+        resync: Some(std::time::Duration::from_secs(300)),
+    };
+    let kubevirt = match wukong_kvsim::start_with(client, opts).await {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("wukong-fake-apiserver: starting the simulated KubeVirt: {e}");
+            std::process::exit(1);
+        }
+    };
     println!("{}", api.url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler");
@@ -31,5 +51,6 @@ async fn main() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    drop(kubevirt);
     api.stop();
 }

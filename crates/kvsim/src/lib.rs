@@ -1,0 +1,254 @@
+//! A simulated KubeVirt that runs beside any Kubernetes API server — the project's fake or a
+//! real kube-apiserver — and talks to it only over HTTP, as KubeVirt's own components do:
+//!
+//! - controllers ([`control`]) that watch `VirtualMachine`s and PVCs, start VMIs with launcher
+//!   pods, propagate the live fields (CPU sockets, memory, hot-pluggable volumes, bridge NICs)
+//!   and mark the rest `RestartRequired` (sticky, blocking CPU/memory/volume propagation as
+//!   KubeVirt does), and bind and resize PVCs (the CSI side);
+//! - an HTTPS server ([`serve`]) that is both virt-api — the `subresources.kubevirt.io`
+//!   aggregated API (`restart`/`start`/`stop`/`addvolume`/`removevolume`,
+//!   `filesystemlist`/`guestosinfo`), registered by an `APIService` — and the node's kubelet,
+//!   whose `/exec` the API server proxies pod exec to (the launcher's `compute` container runs
+//!   `virsh qemu-agent-command` against a simulated guest agent, [`guest`]).
+//!
+//! [`start`] registers all of it (a `KubeVirt` CR with live updates on, two StorageClasses,
+//! the `APIService` with its `ExternalName` Service, a Node) and returns a handle for faults.
+#![forbid(unsafe_code)]
+
+mod control;
+mod guest;
+mod objects;
+mod serve;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kube::Client;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use guest::Guests;
+use objects::Objects;
+
+/// Faults a test can inject.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// VMs whose VMI never reports a new CPU count.
+    pub freeze_cpu: HashSet<String>,
+    /// VMs whose guest leaves hot-added vCPUs offline (only the boot vCPUs online).
+    pub offline_cpus: HashSet<String>,
+    /// VMs whose guest does not take hot-plugged memory (no virtio-mem driver): its MemTotal
+    /// stays at the boot size whatever the VMI reports.
+    pub memory_unseen: HashSet<String>,
+    /// PVCs whose resize fails.
+    pub fail_resize: HashSet<String>,
+    /// PVCs no provisioner binds (they stay Pending, as while a volume is imported or no
+    /// storage fits): a VM using one is not started.
+    pub unbound: HashSet<String>,
+    /// `virtualmachines/restart` is refused (virt-api's own authorization says no).
+    pub refuse_restart: bool,
+    /// The guest agent refuses `guest-exec` (a locked-down agent policy).
+    pub agent_blocks_exec: bool,
+}
+
+/// What a controller worker is asked to look at.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Work {
+    /// The VM `(namespace, name)`.
+    Vm(String, String),
+    /// The PVC `(namespace, name)`.
+    Pvc(String, String),
+    /// The pod `(namespace, name)` on this node, being deleted.
+    PodGone(String, String),
+    /// Every PVC and VM.
+    All,
+}
+
+/// The simulated KubeVirt.
+pub struct Sim {
+    objects: Objects,
+    guests: Mutex<Guests>,
+    /// Which VM uses each claim `(namespace, claim)`, as last seen.
+    claims: Mutex<std::collections::BTreeMap<(String, String), String>>,
+    /// One reconcile or subresource call at a time, as one KubeVirt worker would.
+    busy: tokio::sync::Mutex<()>,
+    faults: Mutex<Faults>,
+    /// Pod execs served by the simulated kubelet.
+    execs: AtomicU64,
+    work: mpsc::UnboundedSender<Work>,
+}
+
+/// A running simulator; dropping it stops it.
+pub struct Running {
+    /// The simulator.
+    pub sim: Arc<Sim>,
+    /// Where its HTTPS server (virt-api and kubelet) listens.
+    pub addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Running {
+    /// Changes the injected faults; the controllers then go over everything again (what
+    /// failed is tried again, as their periodic resyncs would).
+    pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.sim.faults.lock().expect("faults"));
+        let _ = self.sim.work.send(Work::All);
+    }
+
+    /// Pod execs the simulated kubelet has served.
+    pub fn execs(&self) -> u64 {
+        self.sim.execs.load(Ordering::Relaxed)
+    }
+
+    /// What `filesystemlist` answers for VMI `name` in `ns`, if it runs.
+    pub async fn filesystems_of(&self, ns: &str, name: &str) -> Option<Vec<Value>> {
+        let vmi = self.sim.objects.get(objects::VMI, ns, name).await.ok()??;
+        Some(self.sim.filesystems(ns, &vmi))
+    }
+}
+
+/// The name of the Node the simulated kubelet stands for.
+pub const NODE: &str = "node-1";
+
+/// Knobs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How often the controllers go over every PVC and VM whatever the watches said (none:
+    /// only when told to, by [`Running::faults`]).
+    pub resync: Option<std::time::Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            resync: Some(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Starts the simulator against the API server `client` talks to (with rights to write
+/// everything KubeVirt, CSI and a kubelet write, and to register an APIService and a Node).
+pub async fn start(client: Client) -> anyhow::Result<Running> {
+    start_with(client, Options::default()).await
+}
+
+/// [`start`] with options.
+pub async fn start_with(client: Client, opts: Options) -> anyhow::Result<Running> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sim = Arc::new(Sim {
+        objects: Objects::new(client),
+        guests: Mutex::new(Guests::default()),
+        claims: Mutex::default(),
+        busy: tokio::sync::Mutex::new(()),
+        faults: Mutex::new(Faults::default()),
+        execs: AtomicU64::new(0),
+        work: tx,
+    });
+    let (listener, tls) = serve::listen().await?;
+    let addr = listener.local_addr()?;
+    let mut tasks = vec![tokio::spawn(serve::run(sim.clone(), listener, tls))];
+    register(&sim.objects, addr.port()).await?;
+    tasks.extend(control::spawn(sim.clone(), rx, opts.resync));
+    Ok(Running { sim, addr, tasks })
+}
+
+/// Creates `object` unless it exists.
+async fn ensure(
+    objects: &Objects,
+    res: objects::Res,
+    ns: &str,
+    object: Value,
+) -> anyhow::Result<()> {
+    match objects.create(res, ns, object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating a {}: {e}", res.kind())),
+    }
+}
+
+async fn register(objects: &Objects, port: u16) -> anyhow::Result<()> {
+    use objects::*;
+    ensure(
+        objects,
+        NAMESPACE,
+        "",
+        json!({"metadata": {"name": "kubevirt"}}),
+    )
+    .await?;
+    ensure(objects, KUBEVIRT, "kubevirt", json!({
+        "metadata": {"name": "kubevirt", "namespace": "kubevirt"},
+        "spec": {"workloadUpdateStrategy": {"workloadUpdateMethods": ["LiveMigrate"]},
+                 "configuration": {"vmRolloutStrategy": "LiveUpdate",
+                                   "developerConfiguration": {"featureGates": ["DeclarativeHotplugVolumes"]}}}}))
+    .await?;
+    for (name, expandable, default) in [("expandable", true, true), ("fixed", false, false)] {
+        let mut sc = json!({"metadata": {"name": name}, "provisioner": "csi.example.dev",
+            "allowVolumeExpansion": expandable});
+        if default {
+            sc["metadata"]["annotations"] =
+                json!({"storageclass.kubernetes.io/is-default-class": "true"});
+        }
+        ensure(objects, STORAGE_CLASS, "", sc).await?;
+    }
+    // virt-api: an APIService whose Service names this host (an ExternalName, so a server
+    // without a service network reaches it on loopback).
+    ensure(
+        objects,
+        SERVICE,
+        "kubevirt",
+        json!({
+        "metadata": {"name": "virt-api", "namespace": "kubevirt"},
+        "spec": {"type": "ExternalName", "externalName": "localhost",
+                 "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}}),
+    )
+    .await?;
+    ensure(objects, API_SERVICE, "", json!({
+        "metadata": {"name": "v1.subresources.kubevirt.io"},
+        "spec": {"group": "subresources.kubevirt.io", "version": "v1",
+                 "service": {"namespace": "kubevirt", "name": "virt-api", "port": port},
+                 "insecureSkipTLSVerify": true, "groupPriorityMinimum": 1000, "versionPriority": 15}}))
+    .await?;
+    // The kubelet: a Node whose status says where it serves.
+    ensure(objects, NODE_RES, "", json!({"metadata": {"name": NODE}})).await?;
+    let mut node = objects
+        .get(NODE_RES, "", NODE)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("node {NODE} vanished"))?;
+    node["status"] = json!({
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": "localhost"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                        "message": "the simulated kubelet is ready"}],
+    });
+    objects
+        .replace_status(NODE_RES, "", NODE, &node)
+        .await
+        .map_err(|e| anyhow::anyhow!("writing the status of node {NODE}: {e}"))?;
+    Ok(())
+}
+
+pub(crate) fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|x| x["name"] == name)
+}
+
+pub(crate) fn claim(volume: &Value) -> Option<&str> {
+    volume["persistentVolumeClaim"]["claimName"].as_str()
+}
+
+pub(crate) fn hotpluggable(volume: &Value) -> bool {
+    volume["persistentVolumeClaim"]["hotpluggable"] == true
+}
+
+pub(crate) fn launcher(vm: &str) -> String {
+    format!("virt-launcher-{vm}")
+}

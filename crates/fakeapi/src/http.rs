@@ -625,6 +625,7 @@ async fn handle(
     {
         return error_response(&not_found(uri.path()));
     }
+    let mut warnings = Vec::new();
     let result: Result<Value, ApiError> = match (method, target) {
         (Method::GET, Target::Collection { kind, ns }) => {
             return if matches!(param(&q, "watch"), Some("true" | "1")) {
@@ -634,15 +635,23 @@ async fn handle(
             };
         }
         (Method::POST, Target::Collection { kind, ns }) => {
-            let created = match parse_body(&body) {
-                Ok(obj) if param(&q, "dryRun") == Some("All") => Ok(obj),
-                Ok(obj) => store.create(kind, ns.as_deref().unwrap_or_default(), obj),
-                Err(e) => Err(e),
-            };
-            return match created {
-                Ok(o) => json_response(201, &o),
-                Err(e) => error_response(&e),
-            };
+            let ns = ns.as_deref().unwrap_or_default();
+            let created = parse_body(&body)
+                .and_then(|obj| decoded(store, kind, obj, &q, &mut warnings))
+                .and_then(|obj| {
+                    if param(&q, "dryRun") == Some("All") {
+                        store.create_dry(kind, ns, obj)
+                    } else {
+                        store.create(kind, ns, obj)
+                    }
+                });
+            return with_warnings(
+                match created {
+                    Ok(o) => json_response(201, &o),
+                    Err(e) => error_response(&e),
+                },
+                &warnings,
+            );
         }
         (
             Method::GET,
@@ -668,7 +677,7 @@ async fn handle(
             store.count(kind.plural, "update");
             let sub = which(kind, sub.as_deref());
             sub.and_then(|sub| {
-                let obj = parse_body(&body)?;
+                let obj = decoded(store, kind, parse_body(&body)?, &q, &mut warnings)?;
                 store.update(kind, &ns, &name, obj, sub)
             })
         }
@@ -689,7 +698,13 @@ async fn handle(
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
-                let mut new = patched(kind, &current, ct, &body)?;
+                let mut new = decoded(
+                    store,
+                    kind,
+                    patched(kind, &current, ct, &body)?,
+                    &q,
+                    &mut warnings,
+                )?;
                 // A patch carries a precondition only when it names a version itself.
                 let names_version = serde_json::from_slice::<Value>(&body)
                     .ok()
@@ -733,8 +748,59 @@ async fn handle(
             format!("{m} is not allowed here"),
         )),
     };
-    match result {
-        Ok(v) => json_response(200, &v),
-        Err(e) => error_response(&e),
+    with_warnings(
+        match result {
+            Ok(v) => json_response(200, &v),
+            Err(e) => error_response(&e),
+        },
+        &warnings,
+    )
+}
+
+/// The request body as the server decodes it: fields its schema does not know are dropped
+/// with a warning (`fieldValidation=Warn`, the default), dropped silently (`Ignore`), or
+/// refused (`Strict`), in the real server's words.
+fn decoded(
+    store: &Store,
+    kind: &Kind,
+    mut obj: Value,
+    q: &[(String, String)],
+    warnings: &mut Vec<String>,
+) -> Result<Value, ApiError> {
+    let dropped = store.prune(kind, &mut obj);
+    if dropped.is_empty() {
+        return Ok(obj);
     }
+    let unknown: Vec<String> = dropped
+        .iter()
+        .map(|p| format!("unknown field \"{p}\""))
+        .collect();
+    match param(q, "fieldValidation") {
+        Some("Strict") => Err(ApiError::new(
+            400,
+            "BadRequest",
+            format!(
+                "{k} in version \"{v}\" cannot be handled as a {k}: strict decoding error: {}",
+                unknown.join(", "),
+                k = kind.kind,
+                v = kind.version
+            ),
+        )),
+        Some("Ignore") => Ok(obj),
+        _ => {
+            warnings.extend(unknown);
+            Ok(obj)
+        }
+    }
+}
+
+/// `response` with one `Warning: 299 - "…"` header per warning.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::Value::String(w.clone()));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    response
 }

@@ -43,6 +43,72 @@ impl Swagger {
         }
     }
 
+    /// Drops the fields of `value` that definition `name` does not know (kept where the
+    /// schema preserves unknown fields or is free-form); returns their paths, as a real server
+    /// names them in its warnings (`spec.disks[0].extra`).
+    pub fn prune(&self, name: &str, value: &mut Value) -> Vec<String> {
+        let mut dropped = Vec::new();
+        if let Some(schema) = self.defs.get(name) {
+            self.prune_at(schema, value, "", &mut dropped);
+        }
+        dropped
+    }
+
+    fn resolve<'a>(&'a self, mut schema: &'a Value) -> &'a Value {
+        while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+            match self.defs.get(r.trim_start_matches("#/definitions/")) {
+                Some(s) => schema = s,
+                None => break,
+            }
+        }
+        schema
+    }
+
+    fn prune_at(&self, schema: &Value, v: &mut Value, path: &str, dropped: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+            return;
+        }
+        match v {
+            Value::Object(obj) => {
+                let props = schema.get("properties").and_then(Value::as_object);
+                let additional = schema.get("additionalProperties");
+                if props.is_none() && additional.is_none() {
+                    return;
+                }
+                let keys: Vec<String> = obj.keys().cloned().collect();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    let child = match (props.and_then(|p| p.get(&k)), additional) {
+                        (Some(s), _) => Some(s),
+                        (None, Some(a)) if a.is_object() => Some(a),
+                        (None, Some(Value::Bool(true))) => None,
+                        (None, _) => {
+                            obj.remove(&k);
+                            dropped.push(p);
+                            continue;
+                        }
+                    };
+                    if let (Some(s), Some(c)) = (child, obj.get_mut(&k)) {
+                        self.prune_at(s, c, &p, dropped);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                if let Some(s) = schema.get("items") {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        self.prune_at(s, item, &format!("{path}[{i}]"), dropped);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Every problem of `value` against definition `name`, as `path: reason`.
     pub fn validate(&self, name: &str, value: &Value) -> Vec<String> {
         let mut errors = Vec::new();

@@ -417,6 +417,39 @@ impl CrdRules {
 }
 
 impl Store {
+    /// Drops the fields `obj`'s schema does not know (outside apiVersion, kind and
+    /// metadata), as a real server decodes a request; returns their paths
+    /// (`spec.disks[0].extra`). Kinds without a schema here keep everything.
+    pub fn prune(&self, kind: &Kind, obj: &mut Value) -> Vec<String> {
+        let mut body = obj.clone();
+        let mut keep = serde_json::Map::new();
+        if let Some(o) = body.as_object_mut() {
+            for k in ["apiVersion", "kind", "metadata"] {
+                if let Some(v) = o.remove(k) {
+                    keep.insert(k.into(), v);
+                }
+            }
+        }
+        let dropped = if CRD_GROUPS.contains(&kind.group) {
+            let g = self.inner.lock().expect("store");
+            match self.crd_rules(&g, kind) {
+                Some(rules) => rules.schema.prune(rules.name, &mut body),
+                None => Vec::new(),
+            }
+        } else if kind.group == "kubevirt.io" {
+            self.kubevirt.prune(&format!("v1.{}", kind.kind), &mut body)
+        } else {
+            Vec::new()
+        };
+        if !dropped.is_empty()
+            && let Some(o) = body.as_object_mut()
+        {
+            o.extend(keep);
+            *obj = body;
+        }
+        dropped
+    }
+
     /// Whether `kind` is served: a custom resource only once its CRD is installed.
     pub fn served(&self, kind: &Kind) -> bool {
         let crd_kind = Kind::named("apiextensions.k8s.io", "CustomResourceDefinition");
@@ -626,7 +659,22 @@ impl Store {
     }
 
     /// Creates `obj` of `kind` in `ns`.
-    pub fn create(&self, kind: &'static Kind, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+    pub fn create(&self, kind: &'static Kind, ns: &str, obj: Value) -> Result<Value, ApiError> {
+        self.create_inner(kind, ns, obj, false)
+    }
+
+    /// What [`Store::create`] would answer (`dryRun=All`): every check, nothing stored.
+    pub fn create_dry(&self, kind: &'static Kind, ns: &str, obj: Value) -> Result<Value, ApiError> {
+        self.create_inner(kind, ns, obj, true)
+    }
+
+    fn create_inner(
+        &self,
+        kind: &'static Kind,
+        ns: &str,
+        mut obj: Value,
+        dry: bool,
+    ) -> Result<Value, ApiError> {
         self.count(kind.plural, "create");
         let name = obj["metadata"]["name"]
             .as_str()
@@ -714,6 +762,11 @@ impl Store {
         if !errors.is_empty() {
             g.rv -= 1;
             return Err(ApiError::invalid(kind, &name, &errors));
+        }
+        if dry {
+            g.rv -= 1;
+            g.uid -= 1;
+            return Ok(obj);
         }
         g.objects.insert(k, obj.clone());
         self.record(&mut g, kind, "ADDED", obj.clone());

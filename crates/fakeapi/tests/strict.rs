@@ -83,11 +83,15 @@ async fn the_crd_schema_and_cel_rules_are_enforced() {
         .unwrap_err();
     assert_eq!(code, 422);
     assert!(msg.contains("cpu must not exceed maxCpu"), "{msg}");
-    let (code, msg) = post(&c, WUKONGS, wukong("b", json!({"cpus": 2})))
+    let strict = format!("{WUKONGS}?fieldValidation=Strict");
+    let (code, msg) = post(&c, &strict, wukong("b", json!({"cpus": 2})))
         .await
         .unwrap_err();
-    assert_eq!(code, 422);
-    assert!(msg.contains("spec.cpus: unknown field"), "{msg}");
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains(r#"strict decoding error: unknown field "spec.cpus""#),
+        "{msg}"
+    );
     let (code, msg) = post(
         &c,
         WUKONGS,
@@ -142,6 +146,89 @@ async fn the_crd_schema_and_cel_rules_are_enforced() {
     .await
     .unwrap_err();
     assert_eq!(code, 415);
+}
+
+/// As kube-apiserver v1.32 answers (recorded against it): unknown fields are dropped with a
+/// `Warning` header by default, dropped silently with `fieldValidation=Ignore`, refused with
+/// `Strict`; `dryRun=All` runs every check and stores nothing.
+#[tokio::test]
+async fn unknown_fields_warn_unless_strict_and_dry_runs_validate_without_storing() {
+    let (_api, c) = start().await;
+    let w = |name: &str| {
+        wukong(
+            name,
+            json!({"cpu": 1, "memory": "1Gi", "bogus": 1,
+                   "disks": [{"name": "system", "size": "10Gi", "extra": "x"}]}),
+        )
+    };
+    let send = |url: String, body: Value| {
+        let c = c.clone();
+        async move {
+            let req = http::Request::post(url)
+                .header("Content-Type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap())
+                .unwrap();
+            let res = c.send(req.map(Into::into)).await.unwrap();
+            let warnings: Vec<String> = res
+                .headers()
+                .get_all("warning")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            (res.status().as_u16(), warnings)
+        }
+    };
+    let (code, warnings) = send(WUKONGS.to_string(), w("warned")).await;
+    assert_eq!(code, 201);
+    assert_eq!(
+        warnings,
+        [
+            r#"299 - "unknown field \"spec.bogus\"""#,
+            r#"299 - "unknown field \"spec.disks[0].extra\"""#
+        ]
+    );
+    let stored = get(&c, &format!("{WUKONGS}/warned")).await.unwrap();
+    assert!(stored["spec"].get("bogus").is_none(), "dropped: {stored}");
+    assert!(stored["spec"]["disks"][0].get("extra").is_none());
+    let (code, warnings) = send(format!("{WUKONGS}?fieldValidation=Ignore"), w("quiet")).await;
+    assert_eq!((code, warnings.len()), (201, 0));
+    let (code, _) = send(format!("{WUKONGS}?fieldValidation=Strict"), w("strict")).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        get(&c, &format!("{WUKONGS}/strict")).await.unwrap_err().0,
+        404
+    );
+
+    let dry = format!("{WUKONGS}?dryRun=All");
+    let (code, msg) = post(
+        &c,
+        &dry,
+        wukong(
+            "dry",
+            json!({"cpu": 3, "maxCpu": 2, "memory": "1Gi",
+        "disks": [{"name": "system", "size": "10Gi"}]}),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 422);
+    assert!(msg.contains("cpu must not exceed maxCpu"), "{msg}");
+    post(
+        &c,
+        &dry,
+        wukong(
+            "dry",
+            json!({"cpu": 1, "memory": "1Gi",
+        "disks": [{"name": "system", "size": "10Gi"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get(&c, &format!("{WUKONGS}/dry")).await.unwrap_err().0,
+        404,
+        "nothing stored"
+    );
 }
 
 #[tokio::test]
@@ -261,9 +348,13 @@ async fn kubevirt_objects_follow_the_swagger_and_the_webhook() {
         .unwrap_err();
     assert_eq!(code, 422);
     assert!(msg.contains("exceeds maxSockets"), "{msg}");
-    let (code, msg) = post(&c, VMS, vm(json!({"cpus": 2}))).await.unwrap_err();
-    assert_eq!(code, 422);
-    assert!(msg.contains("unknown field"), "{msg}");
+    let strict = format!("{VMS}?fieldValidation=Strict");
+    let (code, msg) = post(&c, &strict, vm(json!({"cpus": 2}))).await.unwrap_err();
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains(r#"unknown field "spec.template.spec.domain.cpus""#),
+        "{msg}"
+    );
     post(&c, VMS, vm(json!({}))).await.unwrap();
 }
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::auth::{Attributes, Token, authenticate, authorize};
-use crate::store::{ApiError, Change, Kind, Store, Sub};
+use crate::store::{ApiError, Change, Kind, Propagation, Store, Sub};
 
 /// Shared state of the server.
 pub struct Server {
@@ -724,7 +724,26 @@ async fn handle(
                 name,
                 sub: None,
             },
-        ) => store.delete(kind, &ns, &name),
+        ) => {
+            // DeleteOptions, in the query or the body.
+            let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let policy = param(&q, "propagationPolicy")
+                .map(String::from)
+                .or_else(|| options["propagationPolicy"].as_str().map(String::from));
+            let propagation = match policy.as_deref() {
+                None | Some("Background") => Ok(Propagation::Background),
+                Some("Foreground") => Ok(Propagation::Foreground),
+                Some("Orphan") => Ok(Propagation::Orphan),
+                Some(other) => Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    format!(
+                        "propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+                    ),
+                )),
+            };
+            propagation.and_then(|p| store.delete_with(kind, &ns, &name, p))
+        }
         (method, Target::KubevirtSub { .. }) => {
             let path = uri
                 .path_and_query()

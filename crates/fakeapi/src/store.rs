@@ -325,8 +325,24 @@ pub enum Sub {
     Status,
 }
 
+/// How a delete treats the object's dependents (`propagationPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes now; the garbage collector deletes its dependents afterwards.
+    Background,
+    /// The object waits (finalizer `foregroundDeletion`) until the garbage collector has
+    /// deleted the dependents that block their owner's deletion.
+    Foreground,
+    /// The dependents stay, without their owner reference.
+    Orphan,
+}
+
+const FOREGROUND: &str = "foregroundDeletion";
+
 /// The store. Cheap to share (`Arc`).
 pub struct Store {
+    /// Itself, for the garbage collector's work after a request returns.
+    me: std::sync::Weak<Store>,
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Change>>,
     history_limit: usize,
@@ -486,7 +502,8 @@ impl Store {
         ))
         .expect("the swagger fixture parses");
         let (tx, _) = broadcast::channel(1 << 16);
-        Arc::new(Store {
+        Arc::new_cyclic(|me| Store {
+            me: me.clone(),
             inner: Mutex::new(Inner {
                 objects: BTreeMap::new(),
                 rv: 1000,
@@ -905,6 +922,108 @@ impl Store {
 
     /// Deletes the object: marks it while finalizers remain, removes it otherwise.
     pub fn delete(&self, kind: &'static Kind, ns: &str, name: &str) -> Result<Value, ApiError> {
+        self.delete_with(kind, ns, name, Propagation::Background)
+    }
+
+    /// Runs `f` after the current request, as the garbage collector works: on the runtime
+    /// when there is one, else at once.
+    fn later(&self, f: impl FnOnce(&Store) + Send + 'static) {
+        match (tokio::runtime::Handle::try_current(), self.me.upgrade()) {
+            (Ok(rt), Some(me)) => {
+                rt.spawn(async move {
+                    tokio::task::yield_now().await;
+                    f(&me);
+                });
+            }
+            _ => f(self),
+        }
+    }
+
+    /// Objects whose owner references name `uid` (with whether they block its deletion).
+    fn dependents(&self, uid: &str) -> Vec<(&'static Kind, String, String, bool)> {
+        let g = self.inner.lock().expect("store");
+        g.objects
+            .iter()
+            .filter_map(|((gr, pl, ns, name), v)| {
+                let r = v["metadata"]["ownerReferences"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["uid"] == uid)?;
+                let kind = KINDS.iter().find(|k| k.group == *gr && k.plural == *pl)?;
+                Some((
+                    kind,
+                    ns.clone(),
+                    name.clone(),
+                    r["blockOwnerDeletion"] == true,
+                ))
+            })
+            .collect()
+    }
+
+    /// The garbage collector's foreground step for the owner `(kind, ns, name)`: once no
+    /// blocking dependent is left, its `foregroundDeletion` finalizer goes.
+    fn finish_foreground(&self, kind: &'static Kind, ns: &str, name: &str) {
+        let Some(owner) = self.get(kind, ns, name) else {
+            return;
+        };
+        let uid = owner["metadata"]["uid"].as_str().unwrap_or_default();
+        if !strings(&owner["metadata"]["finalizers"])
+            .iter()
+            .any(|f| f == FOREGROUND)
+            || self.dependents(uid).iter().any(|d| d.3)
+        {
+            return;
+        }
+        let mut new = owner.clone();
+        if let Some(f) = new["metadata"]["finalizers"].as_array_mut() {
+            f.retain(|f| f != FOREGROUND);
+        }
+        let _ = self.update(kind, ns, name, new, Sub::Main);
+    }
+
+    /// Deletes the object with `propagation` for its dependents (see [`Propagation`]).
+    pub fn delete_with(
+        &self,
+        kind: &'static Kind,
+        ns: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<Value, ApiError> {
+        if kind != namespace_kind()
+            && let Some(obj) = self.get(kind, ns, name)
+        {
+            let uid = obj["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            match propagation {
+                Propagation::Orphan => {
+                    for (k, dns, dname, _) in self.dependents(&uid) {
+                        if let Some(mut d) = self.get(k, &dns, &dname) {
+                            if let Some(refs) = d["metadata"]["ownerReferences"].as_array_mut() {
+                                refs.retain(|r| r["uid"] != uid.as_str());
+                            }
+                            let _ = self.update(k, &dns, &dname, d, Sub::Main);
+                        }
+                    }
+                }
+                Propagation::Foreground if obj["metadata"].get("deletionTimestamp").is_none() => {
+                    let mut marked = obj.clone();
+                    let mut finalizers = strings(&obj["metadata"]["finalizers"]);
+                    finalizers.push(FOREGROUND.into());
+                    marked["metadata"]["finalizers"] = json!(finalizers);
+                    self.update(kind, ns, name, marked, Sub::Main)?;
+                    let (ns, name) = (ns.to_string(), name.to_string());
+                    self.later(move |s| {
+                        for (k, dns, dname, _) in s.dependents(&uid) {
+                            let _ = s.delete(k, &dns, &dname);
+                        }
+                        s.finish_foreground(kind, &ns, &name);
+                    });
+                }
+                _ => {}
+            }
+        }
         self.count(kind.plural, "delete");
         let mut g = self.inner.lock().expect("store");
         let ns = if kind.namespaced { ns } else { "" };
@@ -966,9 +1085,33 @@ impl Store {
         let last = terminating && !holds_any(&g, ns);
         drop(g);
         // In a namespace being emptied, what the object owned goes anyway (owners and
-        // dependents share a namespace).
+        // dependents share a namespace). Elsewhere the garbage collector deletes the
+        // dependents after the owner is gone, and lets an owner waiting in the foreground go
+        // once its last blocking dependent has.
         if !terminating && let Some(uid) = obj["metadata"]["uid"].as_str() {
-            self.collect_garbage(uid);
+            let uid = uid.to_string();
+            self.later(move |s| s.collect_garbage(&uid));
+        }
+        if obj["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| !refs.is_empty())
+        {
+            let refs = obj["metadata"]["ownerReferences"].clone();
+            let ns = ns.to_string();
+            self.later(move |s| {
+                for r in refs.as_array().into_iter().flatten() {
+                    let group = r["apiVersion"]
+                        .as_str()
+                        .and_then(|v| v.rsplit_once('/'))
+                        .map_or("", |(g, _)| g);
+                    if let Some(k) = KINDS
+                        .iter()
+                        .find(|k| k.group == group && Some(k.kind) == r["kind"].as_str())
+                    {
+                        s.finish_foreground(k, &ns, r["name"].as_str().unwrap_or_default());
+                    }
+                }
+            });
         }
         if last {
             self.empty_namespace(ns);

@@ -231,6 +231,90 @@ async fn unknown_fields_warn_unless_strict_and_dry_runs_validate_without_storing
     );
 }
 
+/// Deletes follow `propagationPolicy` as the garbage collector does: Background removes the
+/// owner at once and its dependents after, Foreground keeps the owner (finalizer
+/// `foregroundDeletion`) until its blocking dependents are gone, Orphan leaves them ownerless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_propagate_as_the_garbage_collector_does() {
+    let (api, c) = start().await;
+    let sas = "/api/v1/namespaces/ns/serviceaccounts";
+    let pods = "/api/v1/namespaces/ns/pods";
+    let owned = |owner: &Value, name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ServiceAccount", "name": owner["metadata"]["name"],
+                                 "uid": owner["metadata"]["uid"], "blockOwnerDeletion": true}]},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    };
+    let until = |what: &'static str, f: Box<dyn Fn() -> bool + Send>| {
+        let mut changes = api.store.subscribe();
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !f() {
+                tokio::time::timeout_at(deadline, changes.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                    .unwrap();
+            }
+        }
+    };
+    let exists = |kind: &'static str, name: &'static str| {
+        let store = api.store.clone();
+        move || {
+            store
+                .get(wukong_fakeapi::Kind::named("", kind), "ns", name)
+                .is_some()
+        }
+    };
+    for (policy, owner, pod) in [
+        ("Foreground", "fg", "fg-pod"),
+        ("Background", "bg", "bg-pod"),
+        ("Orphan", "or", "or-pod"),
+    ] {
+        let o = post(
+            &c,
+            sas,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": owner}}),
+        )
+        .await
+        .unwrap();
+        post(&c, pods, owned(&o, pod)).await.unwrap();
+        let gone = call(
+            &c,
+            "DELETE",
+            &format!("{sas}/{owner}"),
+            "application/json",
+            json!({"propagationPolicy": policy}),
+        )
+        .await
+        .unwrap();
+        match policy {
+            "Foreground" => {
+                assert!(gone["metadata"]["deletionTimestamp"].is_string(), "{gone}");
+                assert_eq!(
+                    gone["metadata"]["finalizers"],
+                    json!(["foregroundDeletion"])
+                );
+                let (p, o) = (exists("Pod", "fg-pod"), exists("ServiceAccount", "fg"));
+                until("the pod, then its owner", Box::new(move || !p() && !o())).await;
+            }
+            "Background" => {
+                assert!(!exists("ServiceAccount", "bg")(), "the owner goes at once");
+                let p = exists("Pod", "bg-pod");
+                until("the dependent", Box::new(move || !p())).await;
+            }
+            _ => {
+                let pod = get(&c, &format!("{pods}/{pod}")).await.unwrap();
+                assert!(
+                    pod["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_none_or(|r| r.is_empty()),
+                    "{pod}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn resource_versions_status_and_generation_behave() {
     let (_api, c) = start().await;

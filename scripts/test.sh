@@ -17,10 +17,12 @@ else
     echo "cargo-nextest not found: running the tests with cargo test" >&2
     step "tests" cargo test --workspace --locked --no-fail-fast
 fi
-# With a real control plane at hand (KUBEBUILDER_ASSETS: kube-apiserver and etcd), the install
-# is also checked by it.
+# With a real control plane at hand (KUBEBUILDER_ASSETS: kube-apiserver and etcd, and
+# kube-controller-manager if there is one), the install is also checked by it and the
+# operator's suite runs on it (one control plane per test, one test at a time).
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
-    step "real kube-apiserver" cargo nextest run -p wukong-operator --locked --run-ignored only -E 'binary(real_apiserver)'
+    step "real kube-apiserver: install" cargo nextest run -p wukong-operator --locked --run-ignored only -E 'binary(real_apiserver)'
+    step "real kube-apiserver: operator suite" env WUKONG_TEST_TARGET=envtest cargo nextest run -p wukong-operator --locked --no-fail-fast -j 1 -E 'binary(operator)'
 else
-    echo "KUBEBUILDER_ASSETS is not set: the install test against a real kube-apiserver (ignored test real_apiserver) did not run" >&2
+    echo "KUBEBUILDER_ASSETS is not set: the install test and the operator suite against a real kube-apiserver did not run" >&2
 fi

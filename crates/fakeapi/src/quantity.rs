@@ -37,7 +37,7 @@ pub fn bytes(v: &Value) -> Option<u64> {
 pub fn format(bytes: u64) -> String {
     for (suffix, p) in BINARY.iter().rev() {
         let unit = 1u64 << (10 * p);
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{suffix}", bytes / unit);
         }
     }

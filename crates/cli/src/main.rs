@@ -262,8 +262,8 @@ enum ImageCommand {
 /// Which daemon and namespace.
 #[derive(clap::Args, Debug, Clone)]
 struct TargetArgs {
-    /// Namespace.
-    #[arg(short = 'n', long, default_value = "default")]
+    /// Namespace (a DNS label, as Kubernetes requires).
+    #[arg(short = 'n', long, default_value = "default", value_parser = dns_label)]
     namespace: String,
     /// State directory of the daemon (its API socket is WUKONG_HOME/api.sock).
     #[arg(long, env = "WUKONG_HOME")]
@@ -285,6 +285,12 @@ impl TargetArgs {
             autostart: !self.no_autostart,
         }
     }
+}
+
+/// A namespace: the one rule of `wukong_api::validate`, as the daemon and the operator apply it.
+fn dns_label(s: &str) -> Result<String, String> {
+    wukong_api::validate::check_dns_label(s, wukong_api::document::MAX_NAME)?;
+    Ok(s.to_string())
 }
 
 /// Parses `300s`, `5m`, `1h`, `250ms` or plain seconds.

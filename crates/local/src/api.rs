@@ -174,7 +174,35 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
     for (sub, handler) in subresources() {
         r = r.route(&format!("{one}/{sub}"), handler);
     }
-    r.with_state(daemon)
+    r.layer(middleware::from_fn(names_checked))
+        .with_state(daemon)
+}
+
+/// Refuses a request whose namespace or name in the path is not a DNS label (the rule
+/// Kubernetes applies, shared with the CLI and the operator), before any handler can turn it
+/// into a path on disk. The path is checked as sent: an encoded character (`%2F`) is refused
+/// like the character itself.
+async fn names_checked(req: Request, next: Next) -> Response {
+    let segments: Vec<&str> = req.uri().path().split('/').collect();
+    for (i, s) in segments.iter().enumerate() {
+        let field = match *s {
+            "namespaces" => "metadata.namespace",
+            "wukongs" => "metadata.name",
+            _ => continue,
+        };
+        let Some(value) = segments.get(i + 1) else {
+            continue;
+        };
+        if let Err(reason) =
+            wukong_api::validate::check_dns_label(value, wukong_api::document::MAX_NAME)
+        {
+            return ApiError::fields(FieldErrors(vec![wukong_api::FieldError::invalid(
+                field, reason,
+            )]))
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Requires `Authorization: Bearer TOKEN` (for the TCP listener).

@@ -1,0 +1,162 @@
+//! The local API refuses namespaces and names that are not DNS labels on every route, before
+//! anything becomes a path: a hostile corpus (traversal, encoded slashes, absolute paths, NUL,
+//! overlong, non-ASCII) sent raw over TCP gets a 4xx everywhere and nothing is written on disk.
+//! (A namespace `..%2F..%2F..%2Fsome%2Fdir` once made a VM directory outside WUKONG_HOME.)
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wukong_api::config::HostLimits;
+use wukong_local::daemon::Daemon;
+use wukong_local::machine::{Accel, BootSource};
+use wukong_local::{Home, LocalBackend, LocalOptions, LocalTimeouts, Store};
+
+const PREFIX: &str = "/apis/vm.novasphere.dev/v1alpha1";
+
+/// Every file and directory under `root`.
+fn tree(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The status code of one raw HTTP/1.1 request (the path exactly as given).
+fn send(addr: std::net::SocketAddr, method: &str, path: &[u8], body: &str) -> u16 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} ").into_bytes();
+    req.extend_from_slice(path);
+    req.extend_from_slice(
+        format!(
+            " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    s.write_all(&req).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_namespaces_and_names_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    // Deep enough that a traversal of three levels still lands inside the watched tree.
+    let home = Home::at(dir.path().join("a/b/c/home"));
+    home.ensure().unwrap();
+    let store = Arc::new(Store::open(&home.database()).unwrap());
+    let options = LocalOptions {
+        accel: Accel::Tcg,
+        boot: BootSource {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+        },
+        hotplug_ports: 4,
+        force_guest_offline: false,
+        live: true,
+        timeouts: LocalTimeouts::default(),
+    };
+    let backend = Arc::new(LocalBackend::new(home.clone(), store, options));
+    let daemon = Daemon::new(backend, HostLimits::UNLIMITED);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, wukong_local::api::router(daemon)).await;
+    });
+    let before = tree(dir.path());
+
+    let overlong = "a".repeat(64);
+    let corpus: Vec<Vec<u8>> = [
+        "..",
+        ".",
+        "..%2F..%2F..%2Fsome%2Fdir",
+        "..%2f..%2fetc",
+        "%2Ftmp%2Fx",
+        "a%00b",
+        "a%2Fb",
+        "%2e%2e",
+        "UPPER",
+        "-lead",
+        "trail-",
+        "dot.ted",
+        "caf%C3%A9",
+        overlong.as_str(),
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .chain([b"raw\xffbyte".to_vec(), b"nul\x00raw".to_vec()])
+    .collect();
+    let body = |ns: &str| {
+        format!(
+            r#"{{"apiVersion":"vm.novasphere.dev/v1alpha1","kind":"Wukong","metadata":{{"name":"ok","namespace":"{ns}"}},"spec":{{"cpu":1,"memory":"256Mi","disks":[{{"name":"system","size":"1Gi"}}]}}}}"#
+        )
+    };
+    let subs = [
+        "plan", "start", "stop", "restart", "rollback", "exec", "logs", "events",
+    ];
+    let mut tried = 0;
+    for bad in &corpus {
+        let join = |parts: &[&[u8]]| parts.concat();
+        let p = PREFIX.as_bytes();
+        let mut requests: Vec<(&str, Vec<u8>)> = vec![
+            ("GET", join(&[p, b"/namespaces/", bad, b"/wukongs"])),
+            ("POST", join(&[p, b"/namespaces/", bad, b"/wukongs"])),
+        ];
+        for (ns, name) in [
+            (bad.as_slice(), &b"ok"[..]),
+            (&b"default"[..], bad.as_slice()),
+        ] {
+            let one = join(&[p, b"/namespaces/", ns, b"/wukongs/", name]);
+            for m in ["GET", "PATCH", "DELETE"] {
+                requests.push((m, one.clone()));
+            }
+            for sub in subs {
+                let m = if matches!(sub, "logs" | "events") {
+                    "GET"
+                } else {
+                    "POST"
+                };
+                requests.push((m, join(&[&one, b"/", sub.as_bytes()])));
+            }
+        }
+        for (method, path) in requests {
+            let code = send(addr, method, &path, &body("default"));
+            tried += 1;
+            assert!(
+                (400..500).contains(&code),
+                "{method} {} answered {code}",
+                String::from_utf8_lossy(&path)
+            );
+        }
+    }
+    // The namespace in the body cannot smuggle a path either (the path's namespace wins, and
+    // a hostile name in the body is refused).
+    let code = send(
+        addr,
+        "POST",
+        format!("{PREFIX}/namespaces/default/wukongs").as_bytes(),
+        &body("../../../some/dir").replace(r#""name":"ok""#, r#""name":"../x""#),
+    );
+    assert!((400..500).contains(&code), "hostile body answered {code}");
+    assert_eq!(
+        tree(dir.path()),
+        before,
+        "nothing written after {tried} hostile requests"
+    );
+}

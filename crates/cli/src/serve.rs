@@ -99,10 +99,8 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
     let tcp = match (a.listen, a.token_file) {
         (Some(addr), Some(f)) => Some(TcpListen {
             addr,
-            token: std::fs::read_to_string(&f)
-                .map_err(|e| Failure::Invalid(format!("--token-file {}: {e}", f.display())))?
-                .trim()
-                .to_string(),
+            token: wukong_local::serve::read_token(&f)
+                .map_err(|e| Failure::Invalid(format!("--token-file {e}")))?,
         }),
         _ => None,
     };

@@ -655,6 +655,9 @@ async fn rollback(
     ))
 }
 
+/// Longest a guest command may run through `exec`.
+const MAX_EXEC_SECONDS: u64 = 3600;
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ExecBody {
@@ -668,7 +671,6 @@ async fn exec(
     body: Bytes,
 ) -> ApiResult {
     let vm = VmRef::new(&ns, &name);
-    get_record(&d, &vm)?;
     let b: ExecBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -683,13 +685,18 @@ async fn exec(
             "command: must not be empty",
         ));
     }
+    let timeout = b.timeout_seconds.unwrap_or(60);
+    if !(1..=MAX_EXEC_SECONDS).contains(&timeout) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("timeoutSeconds: {timeout} is not between 1 and {MAX_EXEC_SECONDS}"),
+        ));
+    }
+    get_record(&d, &vm)?;
     let out = d
         .backend
-        .exec(
-            &vm,
-            &b.command,
-            Duration::from_secs(b.timeout_seconds.unwrap_or(60)),
-        )
+        .exec(&vm, &b.command, Duration::from_secs(timeout))
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "GuestUnavailable", e.to_string()))?;
     Ok(json_response(

@@ -18,6 +18,37 @@ pub struct TcpListen {
     pub token: String,
 }
 
+/// Fewest characters a bearer token may have (`openssl rand -hex 16` gives 32).
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// Reads the bearer token for the TCP listener from `path`: a file only its owner may read,
+/// holding at least [`MIN_TOKEN_LEN`] characters (surrounding whitespace ignored).
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} is readable or writable by others (mode {mode:03o}): chmod 600 it"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "{shown} holds a token of {} characters, at least {MIN_TOKEN_LEN} are required",
+            token.len()
+        ));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{shown}: the token must be one word of printable characters"
+        ));
+    }
+    Ok(token.to_string())
+}
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -154,9 +154,48 @@ async fn hostile_namespaces_and_names_are_refused_and_nothing_is_written() {
         &body("../../../some/dir").replace(r#""name":"ok""#, r#""name":"../x""#),
     );
     assert!((400..500).contains(&code), "hostile body answered {code}");
+    // A timeout no clock can hold is a field error, not an overflow.
+    let exec = format!("{PREFIX}/namespaces/default/wukongs/ok/exec");
+    for t in ["18446744073709551615", "0", "3601"] {
+        let code = send(
+            addr,
+            "POST",
+            exec.as_bytes(),
+            &format!(r#"{{"command":["true"],"timeoutSeconds":{t}}}"#),
+        );
+        assert_eq!(code, 400, "timeoutSeconds {t}");
+    }
     assert_eq!(
         tree(dir.path()),
         before,
         "nothing written after {tried} hostile requests"
     );
+}
+
+/// A token file others can read, an empty one or a short one is refused; a long private one
+/// is taken (trimmed).
+#[test]
+fn token_files_must_be_private_and_long() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let good = "0123456789abcdef0123456789abcdef";
+    let read = wukong_local::serve::read_token;
+    let e = read(&file("open", good, 0o644)).unwrap_err();
+    assert!(e.contains("mode 644"), "{e}");
+    let e = read(&file("empty", "\n", 0o600)).unwrap_err();
+    assert!(e.contains("0 characters"), "{e}");
+    let e = read(&file("short", "secret", 0o600)).unwrap_err();
+    assert!(e.contains("at least 32"), "{e}");
+    assert!(read(&file("two", "0123456789abcdef 0123456789abcdef", 0o600)).is_err());
+    assert_eq!(
+        read(&file("good", &format!("{good}\n"), 0o600)).unwrap(),
+        good
+    );
+    assert!(read(&dir.path().join("missing")).is_err());
 }

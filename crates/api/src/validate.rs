@@ -113,6 +113,30 @@ pub fn check_dns_label(name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Where the guest's kernel keeps its own filesystems: nothing is mounted over them.
+const PSEUDO_FILESYSTEMS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// A mount point in the guest: absolute, without `.` or `..` components or NUL, and not
+/// at or under /proc, /sys or /dev.
+pub fn check_mount_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.contains('\0') {
+        return Err(format!("'{}' is not an absolute path", path.escape_debug()));
+    }
+    if path.split('/').any(|c| c == "." || c == "..") {
+        return Err(format!("'{path}' has a '.' or '..' component"));
+    }
+    let clean = path.trim_end_matches('/');
+    if let Some(p) = PSEUDO_FILESYSTEMS
+        .iter()
+        .find(|p| clean == **p || clean.starts_with(&format!("{p}/")))
+    {
+        return Err(format!(
+            "'{path}' is under {p}, which the guest's kernel owns"
+        ));
+    }
+    Ok(())
+}
+
 /// Bytes of `q`, recording an error at `field` when it is not a whole byte count aligned to
 /// `alignment` (described as `unit`).
 fn sized(
@@ -236,11 +260,11 @@ pub fn validate_spec(spec: &WukongSpec) -> Result<(), FieldErrors> {
                 ));
             }
             if let Some(fs) = &d.filesystem
-                && (!fs.mount_path.starts_with('/') || fs.mount_path.contains('\0'))
+                && let Err(reason) = check_mount_path(&fs.mount_path)
             {
                 errors.push(FieldError::invalid(
                     format!("{at}.filesystem.mountPath"),
-                    format!("'{}' is not an absolute path", fs.mount_path),
+                    reason,
                 ));
             }
         }
@@ -508,6 +532,26 @@ pub fn validate_for_backend(spec: &WukongSpec, backend: BackendKind) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_paths_stay_out_of_the_kernels_filesystems() {
+        for good in ["/", "/data", "/srv/db/", "/proc-data", "/devices"] {
+            assert_eq!(check_mount_path(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "data",
+            "/a/../etc",
+            "/a/./b",
+            "/..",
+            "/proc",
+            "/proc/",
+            "/sys/fs",
+            "/dev/shm",
+            "/a\0b",
+        ] {
+            assert!(check_mount_path(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn dns_labels() {

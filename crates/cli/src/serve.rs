@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// How long one guest agent call may take before the agent counts as not answering.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     agent_timeout: std::time::Duration,
+    /// A directory whose images specs may name as `source.image` (repeatable). Without one,
+    /// host images are taken only over the private socket, never over --listen.
+    #[arg(long = "image-root", value_name = "DIR")]
+    image_root: Vec<PathBuf>,
     /// Also listen on this loopback TCP address (needs --token-file).
     #[arg(long, requires = "token_file")]
     listen: Option<SocketAddr>,
@@ -115,6 +119,8 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
             agent: a.agent_timeout,
             ..LocalTimeouts::default()
         },
+        image_roots: wukong_local::trusted::resolve_roots(&a.image_root)
+            .map_err(Failure::Invalid)?,
     };
     let server = Server::bind(home.clone(), options, tcp)
         .await

@@ -205,11 +205,54 @@ async fn names_checked(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Marks a request that came over the TCP listener (not the owner's private socket).
+#[derive(Clone, Copy, Debug)]
+pub struct OverTcp;
+
+/// Every disk source in `spec` that `before` did not have, checked against the daemon's
+/// trusted image directories (over TCP nothing without one).
+fn check_sources(
+    d: &Daemon,
+    spec: &wukong_api::WukongSpec,
+    before: Option<&wukong_api::WukongSpec>,
+    over_tcp: bool,
+) -> Result<(), ApiError> {
+    let old: Vec<&wukong_api::DiskSpec> = before
+        .and_then(|b| b.disks.as_ref())
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut errors = Vec::new();
+    for (i, disk) in spec.disks.iter().flatten().enumerate() {
+        let Some(src) = &disk.source else { continue };
+        if old
+            .iter()
+            .any(|o| o.name == disk.name && o.source.as_ref() == Some(src))
+        {
+            continue;
+        }
+        if let Err(reason) =
+            crate::trusted::check_source(&src.image, &d.backend.options().image_roots, over_tcp)
+        {
+            errors.push(wukong_api::FieldError::invalid(
+                format!("spec.disks[{i}].source.image"),
+                reason,
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::fields(FieldErrors(errors)))
+    }
+}
+
 /// Requires `Authorization: Bearer TOKEN` (for the TCP listener).
 pub fn with_token(router: Router, token: String) -> Router {
     let token = Arc::new(token);
-    router.layer(middleware::from_fn(move |req: Request, next: Next| {
+    router.layer(middleware::from_fn(move |mut req: Request, next: Next| {
         let token = token.clone();
+        req.extensions_mut().insert(OverTcp);
         async move {
             let ok = req
                 .headers()
@@ -339,10 +382,16 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     })
 }
 
-async fn create(State(d): State<Arc<Daemon>>, Path(ns): Path<String>, body: Bytes) -> ApiResult {
+async fn create(
+    State(d): State<Arc<Daemon>>,
+    Path(ns): Path<String>,
+    tcp: Option<axum::Extension<OverTcp>>,
+    body: Bytes,
+) -> ApiResult {
     let mut value = parse_body(&body)?;
     value["metadata"]["namespace"] = json!(ns);
     let doc = parse_value(value).map_err(ApiError::fields)?;
+    check_sources(&d, &doc.wukong.spec, None, tcp.is_some())?;
     let name = doc.wukong.metadata.name.clone().unwrap_or_default();
     let vm = VmRef::new(&ns, &name);
     let (config, pinned) = resolve_new(&name, &doc.wukong.spec, BackendKind::Local, d.limits)
@@ -411,6 +460,7 @@ async fn plan_against_vm(
 async fn patch(
     State(d): State<Arc<Daemon>>,
     Path((ns, name)): Path<(String, String)>,
+    tcp: Option<axum::Extension<OverTcp>>,
     body: Bytes,
 ) -> ApiResult {
     let vm = VmRef::new(&ns, &name);
@@ -424,6 +474,7 @@ async fn patch(
         .store()
         .update::<ApiError>(&vm, expect.as_deref(), |r| {
             let merged = patched(&d, r, &patch)?;
+            check_sources(&d, &merged, Some(&r.object.spec), tcp.is_some())?;
             // Labels and annotations merge as in Kubernetes (a null value removes a key).
             for (field, map) in [
                 ("labels", &mut r.object.metadata.labels),

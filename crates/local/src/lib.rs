@@ -14,6 +14,7 @@ pub mod qga;
 pub mod qmp;
 pub mod serve;
 pub mod store;
+pub mod trusted;
 
 pub use backend::{LocalBackend, LocalOptions, LocalTimeouts};
 pub use paths::Home;

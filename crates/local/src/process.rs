@@ -172,12 +172,14 @@ pub async fn stop(dir: &Path, grace: Duration) -> Result<StopPath, BackendError>
     }
 }
 
-/// Creates the disk's qcow2 image of `size` bytes (sparse and blank, or a copy of `source`),
-/// or grows an existing one to it (never shrinks). A source larger than `size` is refused.
+/// Creates the disk's qcow2 image of `size` bytes (sparse and blank, or a flattened copy of
+/// `source`, read by its own format and only from `roots` when there are any), or grows an
+/// existing one to it (never shrinks). A source larger than `size` is refused.
 pub async fn ensure_disk_image(
     path: &Path,
     size: u64,
     source: Option<&Path>,
+    roots: &[std::path::PathBuf],
 ) -> Result<(), BackendError> {
     if let Some(parent) = path.parent() {
         crate::paths::private_dir(parent).map_err(|e| BackendError::Failed(e.to_string()))?;
@@ -185,6 +187,12 @@ pub async fn ensure_disk_image(
     if !path.exists()
         && let Some(src) = source
     {
+        // Checked again here, where it is read: the file may have changed since the request.
+        if !roots.is_empty() {
+            crate::trusted::check_source(&src.to_string_lossy(), roots, false)
+                .map_err(BackendError::Failed)?;
+        }
+        let format = crate::trusted::image_format(src, roots).await?;
         let src_size = image_size(src).await?;
         if src_size > size {
             return Err(BackendError::Failed(format!(
@@ -195,6 +203,8 @@ pub async fn ensure_disk_image(
         let tmp = path.with_extension("qcow2.part");
         qemu_img(&[
             "convert".into(),
+            "-f".into(),
+            format,
             "-O".into(),
             "qcow2".into(),
             src.to_string_lossy().into(),

@@ -53,12 +53,8 @@ fn send(addr: std::net::SocketAddr, method: &str, path: &[u8], body: &str) -> u1
         .unwrap_or_else(|| panic!("no status line in {text:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_namespaces_and_names_are_refused_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    // Deep enough that a traversal of three levels still lands inside the watched tree.
-    let home = Home::at(dir.path().join("a/b/c/home"));
-    home.ensure().unwrap();
+/// A daemon over `home` trusting `roots` (no VM is ever booted by these tests).
+fn daemon(home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
     let store = Arc::new(Store::open(&home.database()).unwrap());
     let options = LocalOptions {
         accel: Accel::Tcg,
@@ -71,9 +67,70 @@ async fn hostile_namespaces_and_names_are_refused_and_nothing_is_written() {
         force_guest_offline: false,
         live: true,
         timeouts: LocalTimeouts::default(),
+        image_roots: roots,
     };
-    let backend = Arc::new(LocalBackend::new(home.clone(), store, options));
-    let daemon = Daemon::new(backend, HostLimits::UNLIMITED);
+    Daemon::new(
+        Arc::new(LocalBackend::new(home.clone(), store, options)),
+        HostLimits::UNLIMITED,
+    )
+}
+
+/// Over TCP a spec may name host images only inside a directory the daemon trusts; with
+/// none, not at all. Refused with the field named, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_images_over_tcp_come_only_from_trusted_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let secret = dir.path().join("secret.img");
+    std::fs::write(&secret, b"not for guests").unwrap();
+    let token = "0123456789abcdef0123456789abcdef";
+    for (i, roots) in [Vec::new(), vec![images.clone()]].into_iter().enumerate() {
+        let home = Home::at(dir.path().join(format!("home{i}")));
+        home.ensure().unwrap();
+        let roots = wukong_local::trusted::resolve_roots(&roots).unwrap();
+        let app = wukong_local::api::with_token(
+            wukong_local::api::router(daemon(&home, roots)),
+            token.into(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let before = tree(dir.path());
+        let body = format!(
+            r#"{{"apiVersion":"vm.novasphere.dev/v1alpha1","kind":"Wukong","metadata":{{"name":"vm"}},"spec":{{"cpu":1,"memory":"256Mi","disks":[{{"name":"system","size":"1Gi","source":{{"image":"{}"}}}}]}}}}"#,
+            secret.display()
+        );
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST {PREFIX}/namespaces/default/wukongs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 422"), "{out}");
+        assert!(out.contains("spec.disks[0].source.image"), "{out}");
+        let why = if i == 0 {
+            "--image-root"
+        } else {
+            "outside the trusted"
+        };
+        assert!(out.contains(why), "{out}");
+        assert_eq!(tree(dir.path()), before, "nothing written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_namespaces_and_names_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    // Deep enough that a traversal of three levels still lands inside the watched tree.
+    let home = Home::at(dir.path().join("a/b/c/home"));
+    home.ensure().unwrap();
+    let daemon = daemon(&home, Vec::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

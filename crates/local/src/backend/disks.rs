@@ -57,7 +57,8 @@ impl LocalBackend {
             .source
             .as_ref()
             .map(|s| std::path::PathBuf::from(&s.image));
-        process::ensure_disk_image(&image, disk.size, src.as_deref()).await?;
+        process::ensure_disk_image(&image, disk.size, src.as_deref(), &self.options.image_roots)
+            .await?;
         let qmp = self.qmp(vm).await?;
         let present = qmp.peripherals().await?;
         if !present.contains(&disk_id(&disk.name)) {

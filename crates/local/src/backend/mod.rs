@@ -83,6 +83,8 @@ pub struct LocalOptions {
     pub live: bool,
     /// Timeouts.
     pub timeouts: LocalTimeouts,
+    /// Directories whose images a spec may name (resolved; see [`crate::trusted`]).
+    pub image_roots: Vec<PathBuf>,
 }
 
 /// The local backend.
@@ -199,8 +201,13 @@ impl LocalBackend {
                 .source
                 .as_ref()
                 .map(|s| std::path::PathBuf::from(&s.image));
-            process::ensure_disk_image(&VmFiles::disk(&dir, &d.name), d.size, src.as_deref())
-                .await?;
+            process::ensure_disk_image(
+                &VmFiles::disk(&dir, &d.name),
+                d.size,
+                src.as_deref(),
+                &self.options.image_roots,
+            )
+            .await?;
         }
         let m = Machine {
             name: format!("{}_{}", vm.namespace, vm.name),

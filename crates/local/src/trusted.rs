@@ -1,0 +1,135 @@
+//! Host files a spec may name (`source.image`): only from the directories the daemon was told
+//! to trust (`serve --image-root`), and over TCP never without one. An image is read by the
+//! format it has, given to qemu-img explicitly, and refused when it would pull in other files
+//! (a backing file outside the roots, a qcow2 external data file, a `json:` filename).
+
+use std::path::{Path, PathBuf};
+
+use wukong_engine::BackendError;
+
+/// The roots as the daemon trusts them: each resolved (symlinks followed) once at start.
+pub fn resolve_roots(roots: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    roots
+        .iter()
+        .map(|r| {
+            std::fs::canonicalize(r)
+                .map_err(|e| format!("--image-root {}: {e}", r.display()))
+                .and_then(|c| {
+                    if c.is_dir() {
+                        Ok(c)
+                    } else {
+                        Err(format!("--image-root {}: not a directory", r.display()))
+                    }
+                })
+        })
+        .collect()
+}
+
+/// Where `image` really is, if a request may name it: within `roots` (after symlinks), or
+/// anywhere the daemon's own user can read when no root is set and the request came over the
+/// daemon's private socket (that user's own request). `roots` are resolved already.
+pub fn check_source(image: &str, roots: &[PathBuf], over_tcp: bool) -> Result<PathBuf, String> {
+    if image.starts_with("json:") || image.contains(':') && !image.starts_with('/') {
+        return Err(format!("'{image}' is not a file path"));
+    }
+    if !image.starts_with('/') {
+        return Err(format!("'{image}' is not an absolute path"));
+    }
+    if roots.is_empty() && over_tcp {
+        return Err(
+            "host images are refused over TCP unless the daemon trusts a directory (serve --image-root DIR)"
+                .into(),
+        );
+    }
+    let real = std::fs::canonicalize(image).map_err(|e| format!("'{image}': {e}"))?;
+    if !real.is_file() {
+        return Err(format!("'{image}' is not a regular file"));
+    }
+    if !roots.is_empty() && !roots.iter().any(|r| real.starts_with(r)) {
+        return Err(format!(
+            "'{image}' is outside the trusted image directories ({})",
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(real)
+}
+
+/// The format of the image at `path` (`raw`, `qcow2`, …), refusing one that would read
+/// other files: a backing chain leaving `roots` (any backing file when there is no root), or a
+/// qcow2 external data file.
+pub async fn image_format(path: &Path, roots: &[PathBuf]) -> Result<String, BackendError> {
+    let failed = |m: String| BackendError::Failed(format!("source image {}: {m}", path.display()));
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "--backing-chain", "-U"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| failed(format!("qemu-img: {e}")))?;
+    let chain: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|_| failed(String::from_utf8_lossy(&out.stderr).trim().to_string()))?;
+    let chain = chain.as_array().cloned().unwrap_or_default();
+    let first = chain
+        .first()
+        .ok_or_else(|| failed("qemu-img says nothing".into()))?;
+    for layer in &chain {
+        if layer["format-specific"]["data"].get("data-file").is_some() {
+            return Err(failed(
+                "a qcow2 image with an external data file is refused".into(),
+            ));
+        }
+    }
+    for backing in chain.iter().skip(1) {
+        let file = backing["filename"].as_str().unwrap_or_default();
+        let inside = std::fs::canonicalize(file)
+            .ok()
+            .is_some_and(|f| roots.iter().any(|r| f.starts_with(r)));
+        if !inside {
+            return Err(failed(format!(
+                "its backing file {file} is outside the trusted image directories"
+            )));
+        }
+    }
+    first["format"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| failed("no format".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_come_from_the_roots_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("ok.img"), b"x").unwrap();
+        std::fs::write(dir.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link.img")).unwrap();
+        let roots = resolve_roots(std::slice::from_ref(&root)).unwrap();
+        let ok = root.join("ok.img").display().to_string();
+        assert!(check_source(&ok, &roots, true).is_ok());
+        let outside = dir.path().join("secret").display().to_string();
+        let e = check_source(&outside, &roots, false).unwrap_err();
+        assert!(e.contains("outside the trusted"), "{e}");
+        let link = root.join("link.img").display().to_string();
+        assert!(
+            check_source(&link, &roots, false).is_err(),
+            "a symlink out of the root"
+        );
+        let dotdot = format!("{}/../secret", root.display());
+        assert!(check_source(&dotdot, &roots, false).is_err());
+        assert!(check_source("json:{\"file\":{}}", &roots, false).is_err());
+        assert!(check_source("relative.img", &roots, false).is_err());
+        // No root: the owner's own socket may name any file it can read, TCP nothing.
+        assert!(check_source(&outside, &[], false).is_ok());
+        let e = check_source(&outside, &[], true).unwrap_err();
+        assert!(e.contains("--image-root"), "{e}");
+        assert!(resolve_roots(&[dir.path().join("none")]).is_err());
+    }
+}

@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// How long one guest agent call may take before the agent counts as not answering.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     agent_timeout: std::time::Duration,
+    /// Events kept per VM (the newest; older ones are dropped as new ones come).
+    #[arg(long, default_value_t = wukong_local::store::DEFAULT_EVENT_HISTORY)]
+    event_history: usize,
     /// A directory whose images specs may name as `source.image` (repeatable). Without one,
     /// host images are taken only over the private socket, never over --listen.
     #[arg(long = "image-root", value_name = "DIR")]
@@ -121,6 +124,7 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
         },
         image_roots: wukong_local::trusted::resolve_roots(&a.image_root)
             .map_err(Failure::Invalid)?,
+        event_history: a.event_history,
     };
     let server = Server::bind(home.clone(), options, tcp)
         .await

@@ -94,7 +94,7 @@ impl Server {
             }
             std::fs::remove_file(&sock).map_err(io)?;
         }
-        let store = Arc::new(Store::open(&home.database())?);
+        let store = Arc::new(Store::open_with(&home.database(), options.event_history)?);
         let backend = Arc::new(LocalBackend::new(home.clone(), store, options));
         let daemon = Daemon::new(backend, host_limits());
         let unix = tokio::net::UnixListener::bind(&sock).map_err(io)?;

@@ -1,9 +1,13 @@
 //! The embedded database (redb): VM records (desired spec, status, the definition QEMU runs
 //! with), events and the operation journal, with optimistic concurrency on resourceVersion.
 //!
-//! Schema version 1 (table `meta`, key `schema`): tables `meta`, `vms` (key `ns/name`, JSON
-//! [`VmRecord`]), `events` (key: global sequence, JSON [`StoredEvent`]). Opening a database
-//! written by a newer schema is refused; older ones are migrated in [`Store::open`].
+//! Schema version 2 (table `meta`, key `schema`): tables `meta`, `vms` (key `ns/name`, JSON
+//! [`VmRecord`]), `events` (key: global sequence, JSON [`StoredEvent`]), `vm_events` (key
+//! `(ns/name, sequence)`: each VM's events, in order) and `vm_event_count` (key `ns/name`).
+//! Each VM keeps its newest events only (a bounded history, [`DEFAULT_EVENT_HISTORY`] unless
+//! told otherwise), and reading them costs the same whatever the rest of the history holds.
+//! Opening a database written by a newer schema is refused; older ones are migrated in
+//! [`Store::open_with`] (version 1 had no per-VM index: it is built and the history bounded).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,11 +18,16 @@ use wukong_api::{Pinned, VmConfig, Wukong};
 use wukong_engine::{Event, VmRef};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// Events kept per VM unless told otherwise.
+pub const DEFAULT_EVENT_HISTORY: usize = 1000;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VMS: TableDefinition<&str, &[u8]> = TableDefinition::new("vms");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const VM_EVENTS: TableDefinition<(&str, u64), ()> = TableDefinition::new("vm_events");
+const VM_EVENT_COUNT: TableDefinition<&str, u64> = TableDefinition::new("vm_event_count");
 
 /// Everything the local backend keeps about one VM.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,6 +102,8 @@ fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
 /// The database.
 pub struct Store {
     db: redb::Database,
+    /// Events kept per VM.
+    keep: usize,
 }
 
 fn key(vm: &VmRef) -> String {
@@ -100,26 +111,77 @@ fn key(vm: &VmRef) -> String {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, migrating older schemas.
+    /// Opens (creating if needed) the database at `path`, migrating older schemas, keeping
+    /// [`DEFAULT_EVENT_HISTORY`] events per VM.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, DEFAULT_EVENT_HISTORY)
+    }
+
+    /// Like [`Store::open`], keeping the newest `keep` events of each VM (at least 1).
+    pub fn open_with(path: &Path, keep: usize) -> Result<Store, StoreError> {
+        let keep = keep.max(1);
         let db = redb::Database::create(path).map_err(dberr)?;
         let txn = db.begin_write().map_err(dberr)?;
         {
             let mut meta = txn.open_table(META).map_err(dberr)?;
             let version = meta.get("schema").map_err(dberr)?.map(|v| v.value());
-            match version {
-                None => {
-                    meta.insert("schema", SCHEMA_VERSION).map_err(dberr)?;
-                }
-                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema(v)),
-                // Future migrations from v to SCHEMA_VERSION go here, in this transaction.
-                Some(_) => {}
-            }
             txn.open_table(VMS).map_err(dberr)?;
             txn.open_table(EVENTS).map_err(dberr)?;
+            txn.open_table(VM_EVENTS).map_err(dberr)?;
+            txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
+            match version {
+                None => {}
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::NewerSchema(v)),
+                Some(1) => index_events(&txn)?,
+                Some(_) => {}
+            }
+            meta.insert("schema", SCHEMA_VERSION).map_err(dberr)?;
+        }
+        let store = Store { db, keep };
+        // A smaller bound than the last run's applies at once.
+        let vms: Vec<String> = {
+            let counts = txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
+            counts
+                .iter()
+                .map_err(dberr)?
+                .filter_map(|r| r.ok())
+                .filter(|(_, n)| n.value() as usize > keep)
+                .map(|(k, _)| k.value().to_string())
+                .collect()
+        };
+        for vm in vms {
+            store.prune(&txn, &vm)?;
         }
         txn.commit().map_err(dberr)?;
-        Ok(Store { db })
+        Ok(store)
+    }
+
+    /// Drops `vm`'s oldest events beyond the bound (in `txn`).
+    fn prune(&self, txn: &redb::WriteTransaction, vm: &str) -> Result<(), StoreError> {
+        let mut idx = txn.open_table(VM_EVENTS).map_err(dberr)?;
+        let mut events = txn.open_table(EVENTS).map_err(dberr)?;
+        let mut counts = txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
+        let mut n = counts
+            .get(vm)
+            .map_err(dberr)?
+            .map(|v| v.value())
+            .unwrap_or(0) as usize;
+        if n <= self.keep {
+            return Ok(());
+        }
+        let old: Vec<u64> = idx
+            .range((vm, 0)..=(vm, u64::MAX))
+            .map_err(dberr)?
+            .take(n - self.keep)
+            .filter_map(|r| r.ok().map(|(k, _)| k.value().1))
+            .collect();
+        for seq in old {
+            idx.remove((vm, seq)).map_err(dberr)?;
+            events.remove(seq).map_err(dberr)?;
+            n -= 1;
+        }
+        counts.insert(vm, n as u64).map_err(dberr)?;
+        Ok(())
     }
 
     /// One VM's record.
@@ -255,8 +317,19 @@ impl Store {
             };
             let bytes = serde_json::to_vec(&stored).expect("events serialize");
             table.insert(seq, bytes.as_slice()).map_err(dberr)?;
+            let k = key(vm);
+            let mut idx = txn.open_table(VM_EVENTS).map_err(dberr)?;
+            idx.insert((k.as_str(), seq), ()).map_err(dberr)?;
+            let mut counts = txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
+            let n = counts
+                .get(k.as_str())
+                .map_err(dberr)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            counts.insert(k.as_str(), n + 1).map_err(dberr)?;
             stored
         };
+        self.prune(&txn, &key(vm))?;
         txn.commit().map_err(dberr)?;
         Ok(stored)
     }
@@ -270,20 +343,59 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let txn = self.db.begin_read().map_err(dberr)?;
         let table = txn.open_table(EVENTS).map_err(dberr)?;
-        let mut out = std::collections::VecDeque::new();
-        for row in table.range(since + 1..).map_err(dberr)? {
-            let (k, v) = row.map_err(dberr)?;
-            let e: StoredEvent = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("event {}", k.value()), e.to_string()))?;
-            if vm.is_none_or(|vm| *vm == e.vm) {
-                out.push_back(e);
-                if out.len() > limit {
-                    out.pop_front();
-                }
+        // Only the newest `limit` are read, newest first, then put in order.
+        let mut seqs: Vec<u64> = match vm {
+            Some(vm) => {
+                let k = key(vm);
+                let idx = txn.open_table(VM_EVENTS).map_err(dberr)?;
+                idx.range((k.as_str(), since.saturating_add(1))..=(k.as_str(), u64::MAX))
+                    .map_err(dberr)?
+                    .rev()
+                    .take(limit)
+                    .map(|r| r.map(|(k, _)| k.value().1).map_err(dberr))
+                    .collect::<Result<_, _>>()?
             }
+            None => table
+                .range(since.saturating_add(1)..)
+                .map_err(dberr)?
+                .rev()
+                .take(limit)
+                .map(|r| r.map(|(k, _)| k.value()).map_err(dberr))
+                .collect::<Result<_, _>>()?,
+        };
+        seqs.reverse();
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let Some(v) = table.get(seq).map_err(dberr)? else {
+                continue;
+            };
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Corrupt(format!("event {seq}"), e.to_string()))?,
+            );
         }
-        Ok(out.into())
+        Ok(out)
     }
+}
+
+/// Schema 1 → 2: each VM's index and count, from the events themselves.
+fn index_events(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let events = txn.open_table(EVENTS).map_err(dberr)?;
+    let mut idx = txn.open_table(VM_EVENTS).map_err(dberr)?;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for row in events.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        let e: StoredEvent = serde_json::from_slice(v.value())
+            .map_err(|e| StoreError::Corrupt(format!("event {}", k.value()), e.to_string()))?;
+        let vm = key(&e.vm);
+        idx.insert((vm.as_str(), k.value()), ()).map_err(dberr)?;
+        *counts.entry(vm).or_default() += 1;
+    }
+    let mut table = txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
+    for (vm, n) in counts {
+        table.insert(vm.as_str(), n).map_err(dberr)?;
+    }
+    Ok(())
 }
 
 /// The VM a record describes.

@@ -68,6 +68,7 @@ fn daemon(home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
         live: true,
         timeouts: LocalTimeouts::default(),
         image_roots: roots,
+        event_history: 100,
     };
     Daemon::new(
         Arc::new(LocalBackend::new(home.clone(), store, options)),

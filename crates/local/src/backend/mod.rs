@@ -85,6 +85,8 @@ pub struct LocalOptions {
     pub timeouts: LocalTimeouts,
     /// Directories whose images a spec may name (resolved; see [`crate::trusted`]).
     pub image_roots: Vec<PathBuf>,
+    /// Events kept per VM in the database.
+    pub event_history: usize,
 }
 
 /// The local backend.

@@ -1,7 +1,6 @@
 //! The controllers: virt-controller's VM → VMI loop (with launcher pods) and the CSI
 //! provisioner/resizer's PVC loop, driven by watches and a periodic resync.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +56,7 @@ fn guest_size(capacity: u64, mode: &str) -> u64 {
 /// Starts the watches, the resync timer and the worker.
 pub(crate) fn spawn(
     sim: Arc<Sim>,
-    mut rx: mpsc::UnboundedReceiver<Work>,
+    queues: Vec<mpsc::UnboundedReceiver<Work>>,
     resync: Option<Duration>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     // What each change is work for: VMs and deleted VMIs for their VM, PVCs for their
@@ -88,7 +87,7 @@ pub(crate) fn spawn(
                     }
                     _ => continue,
                 };
-                let _ = sim.work.send(work);
+                sim.kick(work);
             }
         })
     };
@@ -99,27 +98,25 @@ pub(crate) fn spawn(
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
-                let _ = timer.work.send(Work::All);
+                timer.kick(Work::All);
             }
         }));
     }
-    tasks.push(tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut batch = BTreeSet::from([first]);
-            while let Ok(more) = rx.try_recv() {
-                batch.insert(more);
-            }
-            for w in batch {
+    for mut rx in queues {
+        let sim = sim.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(w) = rx.recv().await {
+                // Taken: a change from now on queues it again.
+                sim.pending.lock().expect("pending").remove(&w);
                 sim.work_on(w).await;
             }
-        }
-    }));
+        }));
+    }
     tasks
 }
 
 impl Sim {
     async fn work_on(&self, w: Work) {
-        let _busy = self.busy.lock().await;
         match w {
             Work::Vm(ns, name) => self.reconcile(&ns, &name).await,
             Work::Pvc(ns, name) => {
@@ -203,8 +200,15 @@ impl Sim {
         let _ = self.objects.replace_status(PVC, &ns, &name, &new).await;
     }
 
-    /// Brings VMI and VM status in line with VM `name` (callers hold `busy`).
+    /// Brings VMI and VM status in line with VM `name`, holding its lock.
     pub(crate) async fn reconcile(&self, ns: &str, name: &str) {
+        let lock = self.vm_lock(ns, name);
+        let _held = lock.lock().await;
+        self.reconcile_held(ns, name).await
+    }
+
+    /// [`Sim::reconcile`] for a caller that holds the VM's lock.
+    pub(crate) async fn reconcile_held(&self, ns: &str, name: &str) {
         let Ok(vmi) = self.objects.get(VMI, ns, name).await else {
             return;
         };

@@ -54,7 +54,7 @@ pub struct Faults {
 }
 
 /// What a controller worker is asked to look at.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Work {
     /// The VM `(namespace, name)`.
     Vm(String, String),
@@ -72,12 +72,46 @@ pub struct Sim {
     guests: Mutex<Guests>,
     /// Which VM uses each claim `(namespace, claim)`, as last seen.
     claims: Mutex<std::collections::BTreeMap<(String, String), String>>,
-    /// One reconcile or subresource call at a time, as one KubeVirt worker would.
-    busy: tokio::sync::Mutex<()>,
+    /// One reconcile or subresource call at a time per VM, as KubeVirt's workers take a VM.
+    vm_locks: Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    /// Work queued and not yet taken (a work queue: the same work is queued once).
+    pending: Mutex<HashSet<Work>>,
     faults: Mutex<Faults>,
     /// Pod execs served by the simulated kubelet.
     execs: AtomicU64,
-    work: mpsc::UnboundedSender<Work>,
+    /// The workers' queues (work goes to one by its VM, so one VM's work stays in order).
+    shards: Vec<mpsc::UnboundedSender<Work>>,
+}
+
+/// Controller workers.
+const WORKERS: usize = 4;
+
+impl Sim {
+    /// Queues `w` unless it is queued already.
+    fn kick(&self, w: Work) {
+        if !self.pending.lock().expect("pending").insert(w.clone()) {
+            return;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match &w {
+            Work::Vm(ns, name) | Work::Pvc(ns, name) | Work::PodGone(ns, name) => {
+                (ns, name).hash(&mut h)
+            }
+            Work::All => {}
+        }
+        let _ = self.shards[h.finish() as usize % self.shards.len()].send(w);
+    }
+
+    /// The lock of VM `(ns, name)`.
+    fn vm_lock(&self, ns: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.vm_locks
+            .lock()
+            .expect("vm locks")
+            .entry((ns.to_string(), name.to_string()))
+            .or_default()
+            .clone()
+    }
 }
 
 /// A running simulator; dropping it stops it.
@@ -102,7 +136,7 @@ impl Running {
     /// failed is tried again, as their periodic resyncs would).
     pub fn faults(&self, f: impl FnOnce(&mut Faults)) {
         f(&mut self.sim.faults.lock().expect("faults"));
-        let _ = self.sim.work.send(Work::All);
+        self.sim.kick(Work::All);
     }
 
     /// Pod execs the simulated kubelet has served.
@@ -144,21 +178,23 @@ pub async fn start(client: Client) -> anyhow::Result<Running> {
 
 /// [`start`] with options.
 pub async fn start_with(client: Client, opts: Options) -> anyhow::Result<Running> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (shards, queues): (Vec<_>, Vec<_>) =
+        (0..WORKERS).map(|_| mpsc::unbounded_channel()).unzip();
     let sim = Arc::new(Sim {
         objects: Objects::new(client),
         guests: Mutex::new(Guests::default()),
         claims: Mutex::default(),
-        busy: tokio::sync::Mutex::new(()),
+        vm_locks: Mutex::default(),
+        pending: Mutex::default(),
         faults: Mutex::new(Faults::default()),
         execs: AtomicU64::new(0),
-        work: tx,
+        shards,
     });
     let (listener, tls) = serve::listen().await?;
     let addr = listener.local_addr()?;
     let mut tasks = vec![tokio::spawn(serve::run(sim.clone(), listener, tls))];
     register(&sim.objects, addr.port()).await?;
-    tasks.extend(control::spawn(sim.clone(), rx, opts.resync));
+    tasks.extend(control::spawn(sim.clone(), queues, opts.resync));
     Ok(Running { sim, addr, tasks })
 }
 

@@ -96,6 +96,11 @@ impl Res {
     pub fn kind(&self) -> &'static str {
         self.kind
     }
+
+    /// Its plural resource name.
+    pub fn plural(&self) -> &'static str {
+        self.plural
+    }
 }
 
 /// REST access to the cluster.

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::control::{push, remove};
-use crate::objects::{POD, VM, VMI};
+use crate::objects::{POD, Res, VM, VMI};
 use crate::{Sim, hotpluggable, named};
 
 const GROUP: &str = "subresources.kubevirt.io";
@@ -148,16 +148,17 @@ async fn subresource(
 }
 
 impl Sim {
-    async fn vm(&self, ns: &str, name: &str) -> Result<Value, Failure> {
+    /// The object, or the 404 virt-api answers.
+    async fn existing(&self, res: Res, ns: &str, name: &str) -> Result<Value, Failure> {
         self.objects
-            .get(VM, ns, name)
+            .get(res, ns, name)
             .await
             .map_err(from_kube)?
             .ok_or_else(|| {
                 Failure(
                     404,
                     "NotFound",
-                    format!("virtualmachines.kubevirt.io \"{name}\" not found"),
+                    format!("{}.kubevirt.io \"{name}\" not found", res.plural()),
                 )
             })
     }
@@ -171,7 +172,8 @@ impl Sim {
         action: &str,
         body: &[u8],
     ) -> Result<(u16, Value), Failure> {
-        let _busy = self.busy.lock().await;
+        let lock = self.vm_lock(ns, name);
+        let _held = lock.lock().await;
         match (method.as_str(), resource, action) {
             ("PUT", "virtualmachines", "restart") => {
                 if self.faults.lock().expect("faults").refuse_restart {
@@ -183,7 +185,7 @@ impl Sim {
                         ),
                     ));
                 }
-                let mut vm = self.vm(ns, name).await?;
+                let mut vm = self.existing(VM, ns, name).await?;
                 if self
                     .objects
                     .get(VMI, ns, name)
@@ -201,11 +203,11 @@ impl Sim {
                     .await
                     .map_err(from_kube)?;
                 self.stop(ns, name).await;
-                self.reconcile(ns, name).await;
+                self.reconcile_held(ns, name).await;
                 Ok((202, json!({})))
             }
             ("PUT", "virtualmachines", "start" | "stop") => {
-                let mut vm = self.vm(ns, name).await?;
+                let mut vm = self.existing(VM, ns, name).await?;
                 vm["spec"]["runStrategy"] = json!(if action == "start" {
                     "Always"
                 } else {
@@ -215,14 +217,14 @@ impl Sim {
                     .replace(VM, ns, name, vm)
                     .await
                     .map_err(from_kube)?;
-                self.reconcile(ns, name).await;
+                self.reconcile_held(ns, name).await;
                 Ok((202, json!({})))
             }
             ("PUT", "virtualmachines", "addvolume" | "removevolume") => {
                 let opts: Value = serde_json::from_slice(body).map_err(|e| {
                     Failure(400, "BadRequest", format!("the body is not JSON: {e}"))
                 })?;
-                let mut vm = self.vm(ns, name).await?;
+                let mut vm = self.existing(VM, ns, name).await?;
                 let vol = opts["name"].as_str().unwrap_or_default().to_string();
                 let spec = &mut vm["spec"]["template"]["spec"];
                 if action == "addvolume" {
@@ -262,18 +264,7 @@ impl Sim {
                 Ok((202, json!({})))
             }
             ("GET", "virtualmachineinstances", "filesystemlist" | "guestosinfo") => {
-                let vmi = self
-                    .objects
-                    .get(VMI, ns, name)
-                    .await
-                    .map_err(from_kube)?
-                    .ok_or_else(|| {
-                        Failure(
-                            404,
-                            "NotFound",
-                            format!("virtualmachineinstances.kubevirt.io \"{name}\" not found"),
-                        )
-                    })?;
+                let vmi = self.existing(VMI, ns, name).await?;
                 if action == "guestosinfo" {
                     return Ok((
                         200,

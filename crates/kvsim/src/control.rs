@@ -25,6 +25,9 @@ fn now() -> String {
         .unwrap_or_default()
 }
 
+/// The PVCs one reconcile has read, by claim name.
+type Pvcs = std::collections::HashMap<String, Value>;
+
 fn condition(kind: &str, status: bool, reason: &str, message: &str) -> Value {
     json!({"type": kind, "status": if status { "True" } else { "False" }, "reason": reason,
            "message": message, "lastTransitionTime": now(), "lastProbeTime": null})
@@ -74,6 +77,10 @@ pub(crate) fn spawn(
                 };
                 let object = serde_json::to_value(object).unwrap_or_default();
                 let (ns, name) = key(&object);
+                // The echo of the simulator's own status write changes nothing for it.
+                if !deleted && sim.own_write(res.kind(), &object) {
+                    continue;
+                }
                 let work = match res.kind() {
                     "VirtualMachine" => Work::Vm(ns, name),
                     "VirtualMachineInstance" if deleted => Work::Vm(ns, name),
@@ -197,7 +204,9 @@ impl Sim {
         }
         let mut new = pvc.clone();
         new["status"] = status;
-        let _ = self.objects.replace_status(PVC, &ns, &name, &new).await;
+        if let Ok(w) = self.objects.replace_status(PVC, &ns, &name, &new).await {
+            self.wrote(PVC.kind(), &w);
+        }
     }
 
     /// Brings VMI and VM status in line with VM `name`, holding its lock.
@@ -233,6 +242,7 @@ impl Sim {
             .is_some_and(|c| c.iter().any(|c| c["type"] == "RestartRequired"));
         // The launcher pod is scheduled only once its claims are bound.
         let mut bound = true;
+        let mut pvcs = Pvcs::new();
         for c in vm["spec"]["template"]["spec"]["volumes"]
             .as_array()
             .into_iter()
@@ -244,12 +254,17 @@ impl Sim {
                 .expect("claims")
                 .insert((ns.to_string(), c.to_string()), name.to_string());
             let pvc = self.objects.get(PVC, ns, c).await.ok().flatten();
-            bound &= pvc.is_some_and(|p| p["status"]["phase"] == "Bound");
+            bound &= pvc
+                .as_ref()
+                .is_some_and(|p| p["status"]["phase"] == "Bound");
+            if let Some(p) = pvc {
+                pvcs.insert(c.to_string(), p);
+            }
         }
         let vmi = match (want && (bound || vmi.is_some()), vmi) {
             (true, None) => {
                 restart_required = false;
-                self.start(ns, name, &vm).await
+                self.start(ns, name, &vm, &mut pvcs).await
             }
             (false, Some(_)) => {
                 self.stop(ns, name).await;
@@ -258,7 +273,9 @@ impl Sim {
             (_, v) => v,
         };
         if let Some(vmi) = &vmi {
-            restart_required |= self.sync(ns, name, &vm, vmi, restart_required).await;
+            restart_required |= self
+                .sync(ns, name, &vm, vmi, restart_required, &mut pvcs)
+                .await;
         }
         let ready = vmi.is_some();
         let mut conditions = vec![condition(
@@ -299,11 +316,13 @@ impl Sim {
         if vm["status"] != status {
             let mut new = vm.clone();
             new["status"] = status;
-            let _ = self.objects.replace_status(VM, ns, name, &new).await;
+            if let Ok(w) = self.objects.replace_status(VM, ns, name, &new).await {
+                self.wrote(VM.kind(), &w);
+            }
         }
     }
 
-    async fn start(&self, ns: &str, name: &str, vm: &Value) -> Option<Value> {
+    async fn start(&self, ns: &str, name: &str, vm: &Value, pvcs: &mut Pvcs) -> Option<Value> {
         let template = &vm["spec"]["template"];
         let mut labels = template["metadata"]["labels"].clone();
         if !labels.is_object() {
@@ -345,7 +364,7 @@ impl Sim {
                 }
             }
         }
-        self.refresh(ns, spec, &mut status).await;
+        self.refresh(ns, spec, &mut status, pvcs).await;
         // KubeVirt's VMI has no status subresource: the status goes in with the object.
         let vmi = json!({
             "metadata": {"name": name, "namespace": ns, "labels": labels,
@@ -378,7 +397,7 @@ impl Sim {
     }
 
     /// Volume and interface status from the VMI spec, PVCs and guest disks.
-    async fn refresh(&self, ns: &str, spec: &Value, status: &mut Value) {
+    async fn refresh(&self, ns: &str, spec: &Value, status: &mut Value, pvcs: &mut Pvcs) {
         let disks = spec["domain"]["devices"]["disks"]
             .as_array()
             .cloned()
@@ -392,13 +411,16 @@ impl Sim {
             let mut vs = json!({"name": name, "target": device(i), "phase": "Ready", "reason": "VolumeReady",
                                 "message": "Volume is ready"});
             if let Some(c) = claim(v) {
-                let pvc = self
-                    .objects
-                    .get(PVC, ns, c)
-                    .await
-                    .ok()
-                    .flatten()
-                    .unwrap_or(Value::Null);
+                let pvc = match pvcs.get(c) {
+                    Some(p) => p.clone(),
+                    None => self
+                        .objects
+                        .get(PVC, ns, c)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(Value::Null),
+                };
                 let capacity = bytes(&pvc["status"]["capacity"]["storage"]).unwrap_or(0);
                 let mode = pvc["spec"]["volumeMode"].as_str().unwrap_or("Filesystem");
                 vs["persistentVolumeClaimInfo"] = json!({
@@ -437,7 +459,15 @@ impl Sim {
 
     /// Propagates the live fields of the VM template to the VMI; returns whether a restart is
     /// needed for the rest.
-    async fn sync(&self, ns: &str, name: &str, vm: &Value, vmi: &Value, blocked: bool) -> bool {
+    async fn sync(
+        &self,
+        ns: &str,
+        name: &str,
+        vm: &Value,
+        vmi: &Value,
+        blocked: bool,
+        pvcs: &mut Pvcs,
+    ) -> bool {
         let t = &vm["spec"]["template"]["spec"];
         let mut s = vmi["spec"].clone();
         let mut status = vmi["status"].clone();
@@ -531,7 +561,7 @@ impl Sim {
         {
             restart = true;
         }
-        self.refresh(ns, &s, &mut status).await;
+        self.refresh(ns, &s, &mut status, pvcs).await;
         if s != vmi["spec"] || status != vmi["status"] {
             let mut new = vmi.clone();
             new["spec"] = s;

@@ -77,6 +77,8 @@ pub struct Sim {
     /// Work queued and not yet taken (a work queue: the same work is queued once).
     pending: Mutex<HashSet<Work>>,
     faults: Mutex<Faults>,
+    /// The resourceVersion of the simulator's last status write per `(kind, ns, name)`.
+    written: Mutex<std::collections::HashMap<(String, String, String), String>>,
     /// Pod execs served by the simulated kubelet.
     execs: AtomicU64,
     /// The workers' queues (work goes to one by its VM, so one VM's work stays in order).
@@ -101,6 +103,27 @@ impl Sim {
             Work::All => {}
         }
         let _ = self.shards[h.finish() as usize % self.shards.len()].send(w);
+    }
+
+    /// Notes `object` (of `kind`) as written by the simulator itself.
+    fn wrote(&self, kind: &'static str, object: &Value) {
+        let md = &object["metadata"];
+        let text = |k: &str| md[k].as_str().unwrap_or_default().to_string();
+        self.written.lock().expect("written").insert(
+            (kind.to_string(), text("namespace"), text("name")),
+            text("resourceVersion"),
+        );
+    }
+
+    /// Whether `object` (of `kind`) is exactly what the simulator last wrote of it.
+    fn own_write(&self, kind: &str, object: &Value) -> bool {
+        let md = &object["metadata"];
+        let text = |k: &str| md[k].as_str().unwrap_or_default().to_string();
+        self.written
+            .lock()
+            .expect("written")
+            .get(&(kind.to_string(), text("namespace"), text("name")))
+            .is_some_and(|rv| *rv == text("resourceVersion"))
     }
 
     /// The lock of VM `(ns, name)`.
@@ -185,6 +208,7 @@ pub async fn start_with(client: Client, opts: Options) -> anyhow::Result<Running
         guests: Mutex::new(Guests::default()),
         claims: Mutex::default(),
         vm_locks: Mutex::default(),
+        written: Mutex::default(),
         pending: Mutex::default(),
         faults: Mutex::new(Faults::default()),
         execs: AtomicU64::new(0),

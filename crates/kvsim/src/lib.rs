@@ -66,6 +66,9 @@ enum Work {
     All,
 }
 
+/// `(namespace, name)` of an object.
+type VmKey = (String, String);
+
 /// The simulated KubeVirt.
 pub struct Sim {
     objects: Objects,
@@ -73,12 +76,12 @@ pub struct Sim {
     /// Which VM uses each claim `(namespace, claim)`, as last seen.
     claims: Mutex<std::collections::BTreeMap<(String, String), String>>,
     /// One reconcile or subresource call at a time per VM, as KubeVirt's workers take a VM.
-    vm_locks: Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    vm_locks: Mutex<std::collections::HashMap<VmKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Work queued and not yet taken (a work queue: the same work is queued once).
     pending: Mutex<HashSet<Work>>,
     faults: Mutex<Faults>,
     /// The resourceVersion of the simulator's last status write per `(kind, ns, name)`.
-    written: Mutex<std::collections::HashMap<(String, String, String), String>>,
+    written: Mutex<std::collections::HashMap<(String, VmKey), String>>,
     /// Pod execs served by the simulated kubelet.
     execs: AtomicU64,
     /// The workers' queues (work goes to one by its VM, so one VM's work stays in order).
@@ -110,7 +113,7 @@ impl Sim {
         let md = &object["metadata"];
         let text = |k: &str| md[k].as_str().unwrap_or_default().to_string();
         self.written.lock().expect("written").insert(
-            (kind.to_string(), text("namespace"), text("name")),
+            (kind.to_string(), (text("namespace"), text("name"))),
             text("resourceVersion"),
         );
     }
@@ -122,7 +125,7 @@ impl Sim {
         self.written
             .lock()
             .expect("written")
-            .get(&(kind.to_string(), text("namespace"), text("name")))
+            .get(&(kind.to_string(), (text("namespace"), text("name"))))
             .is_some_and(|rv| *rv == text("resourceVersion"))
     }
 

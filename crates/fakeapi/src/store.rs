@@ -387,6 +387,27 @@ fn is_dns_subdomain(name: &str) -> bool {
 /// KubeVirt kinds stand for KubeVirt's CRDs and are checked by KubeVirt's swagger).
 const CRD_GROUPS: [&str; 1] = ["vm.novasphere.dev"];
 
+/// `object` without apiVersion, kind and metadata — the server's own, whatever a schema
+/// says — and those three apart.
+fn without_server_fields(object: &Value) -> (Value, serde_json::Map<String, Value>) {
+    let mut body = object.clone();
+    let mut server = serde_json::Map::new();
+    if let Some(o) = body.as_object_mut() {
+        for k in ["apiVersion", "kind", "metadata"] {
+            if let Some(v) = o.remove(k) {
+                server.insert(k.into(), v);
+            }
+        }
+    }
+    (body, server)
+}
+
+/// The store key of the CRD that serves `kind`.
+fn crd_key(kind: &Kind) -> Key {
+    let crds = Kind::named("apiextensions.k8s.io", "CustomResourceDefinition");
+    key(crds, "", &format!("{}.{}", kind.plural, kind.group))
+}
+
 /// What a stored CRD's version checks: its OpenAPI schema and its CEL rules.
 pub struct CrdRules {
     name: &'static str,
@@ -410,13 +431,7 @@ impl CrdRules {
 
     /// Every problem of `new` (replacing `old`), in the real server's words.
     fn check(&self, new: &Value, old: Option<&Value>) -> Vec<String> {
-        // apiVersion, kind and metadata are the server's own, whatever the schema says.
-        let mut body = new.clone();
-        if let Some(o) = body.as_object_mut() {
-            for k in ["apiVersion", "kind", "metadata"] {
-                o.remove(k);
-            }
-        }
+        let (body, _) = without_server_fields(new);
         let mut errors = self.schema.validate(self.name, &body);
         if let Err(cel) = kube::core::cel::Validator::new().validate_compiled(&self.cel, new, old) {
             errors.extend(cel.iter().map(|e| {
@@ -437,15 +452,7 @@ impl Store {
     /// metadata), as a real server decodes a request; returns their paths
     /// (`spec.disks[0].extra`). Kinds without a schema here keep everything.
     pub fn prune(&self, kind: &Kind, obj: &mut Value) -> Vec<String> {
-        let mut body = obj.clone();
-        let mut keep = serde_json::Map::new();
-        if let Some(o) = body.as_object_mut() {
-            for k in ["apiVersion", "kind", "metadata"] {
-                if let Some(v) = o.remove(k) {
-                    keep.insert(k.into(), v);
-                }
-            }
-        }
+        let (mut body, keep) = without_server_fields(obj);
         let dropped = if CRD_GROUPS.contains(&kind.group) {
             let g = self.inner.lock().expect("store");
             match self.crd_rules(&g, kind) {
@@ -468,18 +475,19 @@ impl Store {
 
     /// Whether `kind` is served: a custom resource only once its CRD is installed.
     pub fn served(&self, kind: &Kind) -> bool {
-        let crd_kind = Kind::named("apiextensions.k8s.io", "CustomResourceDefinition");
         !CRD_GROUPS.contains(&kind.group)
             || self
-                .get(crd_kind, "", &format!("{}.{}", kind.plural, kind.group))
-                .is_some()
+                .inner
+                .lock()
+                .expect("store")
+                .objects
+                .contains_key(&crd_key(kind))
     }
 
     /// The rules of the installed CRD serving `kind`, if one is installed.
     fn crd_rules(&self, g: &Inner, kind: &Kind) -> Option<Arc<CrdRules>> {
         let name = format!("{}.{}", kind.plural, kind.group);
-        let crd_kind = Kind::named("apiextensions.k8s.io", "CustomResourceDefinition");
-        let crd = g.objects.get(&key(crd_kind, "", &name))?;
+        let crd = g.objects.get(&crd_key(kind))?;
         let rv = crd["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or_default()
@@ -1015,9 +1023,7 @@ impl Store {
                     self.update(kind, ns, name, marked, Sub::Main)?;
                     let (ns, name) = (ns.to_string(), name.to_string());
                     self.later(move |s| {
-                        for (k, dns, dname, _) in s.dependents(&uid) {
-                            let _ = s.delete(k, &dns, &dname);
-                        }
+                        s.collect_garbage(&uid);
                         s.finish_foreground(kind, &ns, &name);
                     });
                 }
@@ -1150,25 +1156,7 @@ impl Store {
 
     /// Deletes what `uid` owned (the garbage collector's background cascade).
     fn collect_garbage(&self, uid: &str) {
-        let owned: Vec<(&'static Kind, String, String)> = {
-            let g = self.inner.lock().expect("store");
-            g.objects
-                .iter()
-                .filter(|(_, v)| {
-                    v["metadata"]["ownerReferences"]
-                        .as_array()
-                        .is_some_and(|o| o.iter().any(|r| r["uid"] == uid))
-                })
-                .map(|((gr, pl, ns, name), _)| {
-                    let kind = KINDS
-                        .iter()
-                        .find(|k| k.group == *gr && k.plural == *pl)
-                        .expect("stored kinds are served");
-                    (kind, ns.clone(), name.clone())
-                })
-                .collect()
-        };
-        for (kind, ns, name) in owned {
+        for (kind, ns, name, _) in self.dependents(uid) {
             let _ = self.delete(kind, &ns, &name);
         }
     }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::guest::{Fs, device};
 use crate::objects::{POD, PVC, Res, VM, VMI};
-use crate::{NODE, Sim, Work, claim, hotpluggable, launcher, named};
+use crate::{NODE, Sim, Work, claim, hotpluggable, key, launcher, named};
 use wukong_fakeapi::quantity::{bytes, format};
 
 /// KubeVirt's default share of a Filesystem-mode PVC kept back from the disk image.
@@ -39,11 +39,6 @@ fn names(list: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|x| x["name"].as_str().map(String::from))
         .collect()
-}
-
-fn key(o: &Value) -> (String, String) {
-    let text = |k: &str| o["metadata"][k].as_str().unwrap_or_default().to_string();
-    (text("namespace"), text("name"))
 }
 
 /// The size the guest sees of a disk on a PVC of `capacity` bytes: all of a Block PVC; on a

@@ -67,21 +67,39 @@ enum Work {
 }
 
 /// `(namespace, name)` of an object.
-type VmKey = (String, String);
+type ObjectKey = (String, String);
+
+/// The `(namespace, name)` of `object`.
+pub(crate) fn key(object: &Value) -> ObjectKey {
+    let text = |k: &str| {
+        object["metadata"][k]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    (text("namespace"), text("name"))
+}
+
+fn version(object: &Value) -> String {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
 
 /// The simulated KubeVirt.
 pub struct Sim {
     objects: Objects,
     guests: Mutex<Guests>,
     /// Which VM uses each claim `(namespace, claim)`, as last seen.
-    claims: Mutex<std::collections::BTreeMap<(String, String), String>>,
+    claims: Mutex<std::collections::BTreeMap<ObjectKey, String>>,
     /// One reconcile or subresource call at a time per VM, as KubeVirt's workers take a VM.
-    vm_locks: Mutex<std::collections::HashMap<VmKey, Arc<tokio::sync::Mutex<()>>>>,
+    vm_locks: Mutex<std::collections::HashMap<ObjectKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Work queued and not yet taken (a work queue: the same work is queued once).
     pending: Mutex<HashSet<Work>>,
     faults: Mutex<Faults>,
     /// The resourceVersion of the simulator's last status write per `(kind, ns, name)`.
-    written: Mutex<std::collections::HashMap<(String, VmKey), String>>,
+    written: Mutex<std::collections::HashMap<(String, ObjectKey), String>>,
     /// Pod execs served by the simulated kubelet.
     execs: AtomicU64,
     /// The workers' queues (work goes to one by its VM, so one VM's work stays in order).
@@ -110,23 +128,19 @@ impl Sim {
 
     /// Notes `object` (of `kind`) as written by the simulator itself.
     fn wrote(&self, kind: &'static str, object: &Value) {
-        let md = &object["metadata"];
-        let text = |k: &str| md[k].as_str().unwrap_or_default().to_string();
-        self.written.lock().expect("written").insert(
-            (kind.to_string(), (text("namespace"), text("name"))),
-            text("resourceVersion"),
-        );
+        self.written
+            .lock()
+            .expect("written")
+            .insert((kind.to_string(), key(object)), version(object));
     }
 
     /// Whether `object` (of `kind`) is exactly what the simulator last wrote of it.
     fn own_write(&self, kind: &str, object: &Value) -> bool {
-        let md = &object["metadata"];
-        let text = |k: &str| md[k].as_str().unwrap_or_default().to_string();
         self.written
             .lock()
             .expect("written")
-            .get(&(kind.to_string(), (text("namespace"), text("name"))))
-            .is_some_and(|rv| *rv == text("resourceVersion"))
+            .get(&(kind.to_string(), key(object)))
+            .is_some_and(|rv| *rv == version(object))
     }
 
     /// The lock of VM `(ns, name)`.

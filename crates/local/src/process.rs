@@ -192,8 +192,7 @@ pub async fn ensure_disk_image(
             crate::trusted::check_source(&src.to_string_lossy(), roots, false)
                 .map_err(BackendError::Failed)?;
         }
-        let format = crate::trusted::image_format(src, roots).await?;
-        let src_size = image_size(src).await?;
+        let (format, src_size) = crate::trusted::inspect(src, roots).await?;
         if src_size > size {
             return Err(BackendError::Failed(format!(
                 "the source image {} is {src_size} bytes, more than the disk's size {size}",

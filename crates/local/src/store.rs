@@ -141,13 +141,14 @@ impl Store {
         // A smaller bound than the last run's applies at once.
         let vms: Vec<String> = {
             let counts = txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
-            counts
-                .iter()
-                .map_err(dberr)?
-                .filter_map(|r| r.ok())
-                .filter(|(_, n)| n.value() as usize > keep)
-                .map(|(k, _)| k.value().to_string())
-                .collect()
+            let mut over = Vec::new();
+            for row in counts.iter().map_err(dberr)? {
+                let (k, n) = row.map_err(dberr)?;
+                if n.value() as usize > keep {
+                    over.push(k.value().to_string());
+                }
+            }
+            over
         };
         for vm in vms {
             store.prune(&txn, &vm)?;

@@ -29,11 +29,9 @@ pub fn resolve_roots(roots: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 /// anywhere the daemon's own user can read when no root is set and the request came over the
 /// daemon's private socket (that user's own request). `roots` are resolved already.
 pub fn check_source(image: &str, roots: &[PathBuf], over_tcp: bool) -> Result<PathBuf, String> {
-    if image.starts_with("json:") || image.contains(':') && !image.starts_with('/') {
-        return Err(format!("'{image}' is not a file path"));
-    }
+    // Also what keeps out qemu's `json:` and protocol names (`nbd:`, `http:`…).
     if !image.starts_with('/') {
-        return Err(format!("'{image}' is not an absolute path"));
+        return Err(format!("'{image}' is not an absolute file path"));
     }
     if roots.is_empty() && over_tcp {
         return Err(
@@ -58,10 +56,10 @@ pub fn check_source(image: &str, roots: &[PathBuf], over_tcp: bool) -> Result<Pa
     Ok(real)
 }
 
-/// The format of the image at `path` (`raw`, `qcow2`, …), refusing one that would read
-/// other files: a backing chain leaving `roots` (any backing file when there is no root), or a
-/// qcow2 external data file.
-pub async fn image_format(path: &Path, roots: &[PathBuf]) -> Result<String, BackendError> {
+/// The format of the image at `path` (`raw`, `qcow2`, …) and its virtual size in bytes,
+/// refusing one that would read other files: a backing chain leaving `roots` (any backing file
+/// when there is no root), or a qcow2 external data file.
+pub async fn inspect(path: &Path, roots: &[PathBuf]) -> Result<(String, u64), BackendError> {
     let failed = |m: String| BackendError::Failed(format!("source image {}: {m}", path.display()));
     let out = tokio::process::Command::new("qemu-img")
         .args(["info", "--output=json", "--backing-chain", "-U"])
@@ -93,10 +91,13 @@ pub async fn image_format(path: &Path, roots: &[PathBuf]) -> Result<String, Back
             )));
         }
     }
-    first["format"]
+    let format = first["format"]
         .as_str()
-        .map(String::from)
-        .ok_or_else(|| failed("no format".into()))
+        .ok_or_else(|| failed("no format".into()))?;
+    let size = first["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| failed("no virtual-size".into()))?;
+    Ok((format.to_string(), size))
 }
 
 #[cfg(test)]

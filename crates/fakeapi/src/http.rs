@@ -26,6 +26,51 @@ pub struct Server {
     pub requests: std::sync::atomic::AtomicU64,
     /// Bearer tokens; none = no authentication and no authorization.
     pub tokens: Vec<Token>,
+    /// The audit record of writes.
+    pub audit: Arc<Audit>,
+}
+
+/// One audited write.
+#[derive(Clone, Debug)]
+pub struct AuditEntry {
+    /// Who (empty without authentication).
+    pub user: String,
+    /// POST, PUT or PATCH.
+    pub method: String,
+    /// Path and query as sent.
+    pub uri: String,
+}
+
+/// The audit record of writes (off unless asked for).
+pub struct Audit {
+    on: bool,
+    entries: std::sync::Mutex<Vec<AuditEntry>>,
+}
+
+impl Audit {
+    /// A record that keeps entries only when `on`.
+    pub fn new(on: bool) -> Audit {
+        Audit {
+            on,
+            entries: Default::default(),
+        }
+    }
+
+    fn record(&self, user: Option<&Token>, method: &Method, uri: &Uri) {
+        if self.on && matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            let entry = AuditEntry {
+                user: user.map(|t| t.user.clone()).unwrap_or_default(),
+                method: method.to_string(),
+                uri: uri.to_string(),
+            };
+            self.entries.lock().expect("audit lock").push(entry);
+        }
+    }
+
+    /// Every entry so far.
+    pub fn entries(&self) -> Vec<AuditEntry> {
+        self.entries.lock().expect("audit lock").clone()
+    }
 }
 
 /// The router.
@@ -57,7 +102,10 @@ async fn guard(
 ) -> Response {
     let who = match authenticate(&server.tokens, request.headers()) {
         Ok(Some(who)) => who,
-        Ok(None) => return next.run(request).await,
+        Ok(None) => {
+            server.audit.record(None, request.method(), request.uri());
+            return next.run(request).await;
+        }
         Err(e) => return error_response(&e),
     };
     if request.uri().path() != "/version" {
@@ -72,6 +120,9 @@ async fn guard(
             }
         }
     }
+    server
+        .audit
+        .record(Some(who), request.method(), request.uri());
     next.run(request).await
 }
 

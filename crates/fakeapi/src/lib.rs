@@ -30,6 +30,7 @@ pub struct FakeApi {
     pub addr: SocketAddr,
     /// Its objects.
     pub store: Arc<Store>,
+    audit: Arc<http::Audit>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -42,6 +43,9 @@ pub struct Options {
     pub bookmark_every: Duration,
     /// Bearer tokens the server knows; with none, nothing is authenticated or authorized.
     pub tokens: Vec<auth::Token>,
+    /// Keep an audit record of every write (user, method, request URI), as a real server's
+    /// `--audit-log-path` does at level Metadata.
+    pub audit: bool,
 }
 
 impl Default for Options {
@@ -50,6 +54,7 @@ impl Default for Options {
             history: 100_000,
             bookmark_every: Duration::from_secs(1),
             tokens: Vec::new(),
+            audit: false,
         }
     }
 }
@@ -68,7 +73,9 @@ impl FakeApi {
             bookmark_every: opts.bookmark_every,
             requests: Default::default(),
             tokens: opts.tokens,
+            audit: Arc::new(http::Audit::new(opts.audit)),
         });
+        let audit = server.audit.clone();
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = http::router(server);
@@ -78,6 +85,7 @@ impl FakeApi {
         let api = FakeApi {
             addr,
             store,
+            audit,
             tasks: vec![serve],
         };
         Ok(api)
@@ -91,6 +99,11 @@ impl FakeApi {
     /// An object, if it exists.
     pub fn get(&self, group: &str, kind: &str, ns: &str, name: &str) -> Option<Value> {
         self.store.get(Kind::named(group, kind), ns, name)
+    }
+
+    /// The writes audited so far (with [`Options::audit`]), oldest first.
+    pub fn audit(&self) -> Vec<http::AuditEntry> {
+        self.audit.entries()
     }
 
     /// Stops the server.

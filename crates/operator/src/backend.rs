@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
@@ -23,6 +23,7 @@ use wukong_kubevirt::render::{NAME_LABEL, pvc_name};
 use wukong_planner::{Action, Capabilities, GuestDiskView, GuestView, Observed, Plan, Step};
 
 use crate::guest::Guest;
+use crate::writes;
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
@@ -312,7 +313,7 @@ impl KubevirtBackend {
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec()))
             .map_err(|e| BackendError::Failed(format!("patch: {e}")))?;
         self.api(&vm_resource(), &vm.namespace)
-            .patch(&vm.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .patch(&vm.name, &writes::strict(), &Patch::<()>::Json(patch))
             .await
             .map(|_| ())
             .map_err(|e| api_error(&format!("VirtualMachine {vm}"), e))
@@ -345,7 +346,7 @@ impl KubevirtBackend {
         match e {
             Edit::PatchVm(ops) => self.patch_vm(vm, ops).await,
             Edit::PatchPvc { name, patch } => pvcs
-                .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .patch(name, &writes::strict(), &Patch::Merge(patch))
                 .await
                 .map(|_| ())
                 .map_err(|e| api_error(&format!("PVC {name}"), e)),
@@ -361,7 +362,7 @@ impl KubevirtBackend {
                 if self.terminating(&vm.namespace) {
                     return Err(deleted());
                 }
-                match pvcs.create(&PostParams::default(), &obj).await {
+                match writes::create(&self.client, &pvc_resource(), &vm.namespace, &obj).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
                     Err(e) if self.note_terminating(&vm.namespace, &e) => Err(deleted()),

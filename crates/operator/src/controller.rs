@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizing, finalizer};
@@ -36,6 +36,7 @@ use crate::backend::{
     KubeTimeouts, KubevirtBackend, delete_disks, pvc_resource, vm_resource, vmi_resource,
 };
 use crate::metrics::Metrics;
+use crate::writes;
 
 /// The finalizer that keeps a Wukong until its VM (and, if asked, its disks) are gone.
 pub const FINALIZER: &str = "vm.novasphere.dev/cleanup";
@@ -229,7 +230,7 @@ impl Context {
         let patch = json!([{"op": "add", "path": "/status", "value": status}]);
         let patch: json_patch::Patch = serde_json::from_value(patch).expect("a valid patch");
         let written = api
-            .patch_status(&vm.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .patch_status(&vm.name, &writes::strict(), &Patch::<()>::Json(patch))
             .await?;
         if let Some(rv) = written.resource_version() {
             self.written.lock().expect("written").insert(vm.clone(), rv);
@@ -532,11 +533,10 @@ async fn create(ctx: &Context, w: &Wukong, config: &VmConfig) -> Result<(), Erro
     let ns = w.namespace().unwrap_or_default();
     let name = w.name_any();
     let rendered = render(&name, &ns, config);
-    let pvcs: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &pvc_resource());
     for p in &rendered.pvcs {
         let obj: DynamicObject =
             serde_json::from_value(p.clone()).map_err(|e| Error::Engine(e.to_string()))?;
-        match pvcs.create(&PostParams::default(), &obj).await {
+        match writes::create(&ctx.client, &pvc_resource(), &ns, &obj).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e.into()),
@@ -549,8 +549,7 @@ async fn create(ctx: &Context, w: &Wukong, config: &VmConfig) -> Result<(), Erro
     vm["metadata"]["ownerReferences"] = json!([owner]);
     let obj: DynamicObject =
         serde_json::from_value(vm).map_err(|e| Error::Engine(e.to_string()))?;
-    let vms: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &vm_resource());
-    match vms.create(&PostParams::default(), &obj).await {
+    match writes::create(&ctx.client, &vm_resource(), &ns, &obj).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),

@@ -6,11 +6,13 @@
 //! - [`backend`]: the engine's backend over the cluster API.
 //! - [`guest`]: guest agent commands through the launcher's `compute` container.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`writes`]: strict field validation on every object the operator writes.
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod controller;
 pub mod guest;
 pub mod metrics;
+pub mod writes;
 
 pub use controller::{DELETE_DISKS, FINALIZER, Options, desired_config, run};

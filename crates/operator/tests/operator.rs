@@ -105,6 +105,34 @@ async fn a_disk_grows_its_pvc_then_its_filesystem_in_the_guest() {
         "the filesystem fills the grown disk"
     );
     assert!(c.kubevirt.execs() > execs);
+    // Every VM, PVC and status write of the operator asks for strict field validation, so a
+    // field the server does not know is refused, not dropped.
+    let writes = c.operator_writes();
+    for (method, what) in [
+        ("POST", "/virtualmachines?"),
+        ("POST", "/persistentvolumeclaims?"),
+        ("PATCH", "/persistentvolumeclaims/w-data?"),
+        ("PATCH", "/wukongs/w/status?"),
+    ] {
+        assert!(
+            writes.iter().any(|(m, u)| m == method && u.contains(what)),
+            "no {method} {what} among {writes:#?}"
+        );
+    }
+    let lax: Vec<_> = writes
+        .iter()
+        .filter(|(_, u)| {
+            !u.starts_with("/apis/subresources.kubevirt.io/")
+                && (u.contains("/virtualmachines")
+                    || u.contains("/persistentvolumeclaims")
+                    || u.contains("/status"))
+                && !u.contains("fieldValidation=Strict")
+        })
+        .collect();
+    assert!(
+        lax.is_empty(),
+        "written without strict validation: {lax:#?}"
+    );
     let steps: Vec<String> = w["status"]["lastOperation"]["steps"]
         .as_array()
         .unwrap()

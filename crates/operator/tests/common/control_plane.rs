@@ -94,6 +94,12 @@ impl ControlPlane {
             })
             .collect();
         std::fs::write(dir.join("tokens.csv"), csv).unwrap();
+        // Every write audited at level Metadata (who, verb, request URI), synchronously.
+        std::fs::write(
+            dir.join("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  verbs: [create, update, patch]\n- level: None\n",
+        )
+        .unwrap();
         let api = Command::new(assets.join("kube-apiserver"))
             .args(["--etcd-servers", &format!("http://127.0.0.1:{etcd_port}")])
             .args([
@@ -114,6 +120,15 @@ impl ControlPlane {
                 &dir.join("tokens.csv").display().to_string(),
             ])
             .args(["--authorization-mode", "RBAC"])
+            .args([
+                "--audit-policy-file",
+                &dir.join("audit-policy.yaml").display().to_string(),
+            ])
+            .args([
+                "--audit-log-path",
+                &dir.join("audit.log").display().to_string(),
+            ])
+            .args(["--audit-log-mode", "blocking"])
             .args(["--service-cluster-ip-range", "10.0.0.0/24"])
             .args(["--disable-admission-plugins", "ServiceAccount"])
             .args([
@@ -156,6 +171,29 @@ impl ControlPlane {
             dir,
             controllers,
         }
+    }
+
+    /// The writes audited so far: `(user, method, request URI)`, oldest first.
+    pub fn audited_writes(&self) -> Vec<(String, String, String)> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|e| {
+                let method = match e["verb"].as_str().unwrap_or_default() {
+                    "create" => "POST",
+                    "update" => "PUT",
+                    _ => "PATCH",
+                };
+                (
+                    e["user"]["username"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    method.to_string(),
+                    e["requestURI"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
     }
 
     /// A client with `token`, once the server answers `/readyz` with ok.

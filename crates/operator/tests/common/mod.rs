@@ -193,6 +193,7 @@ impl Cluster {
                 let api = FakeApi::start(FakeOptions {
                     history: 100_000,
                     bookmark_every: Duration::from_millis(300),
+                    audit: true,
                     tokens: vec![
                         token(
                             ADMIN_TOKEN,
@@ -261,6 +262,23 @@ impl Cluster {
         };
         c.start_operator();
         c
+    }
+
+    /// The operator's writes so far, `(method, request URI)`, from the server's audit record.
+    pub fn operator_writes(&self) -> Vec<(String, String)> {
+        let user = operator_user();
+        let all: Vec<(String, String, String)> = match &self.backend {
+            Backend::Fake(api) => api
+                .audit()
+                .into_iter()
+                .map(|e| (e.user, e.method, e.uri))
+                .collect(),
+            Backend::Real(cp) => cp.audited_writes(),
+        };
+        all.into_iter()
+            .filter(|(u, _, _)| *u == user)
+            .map(|(_, m, uri)| (m, uri))
+            .collect()
     }
 
     /// The fake API server, for a test that needs its fault injection.

@@ -9,14 +9,7 @@ use wukong_fakeapi::{FakeApi, Options};
 
 /// The Wukong CRD as deploy/ ships it: the server checks Wukongs by it.
 fn install_crd(api: &FakeApi) {
-    let crd: Value = serde_yaml::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../deploy/crd.yaml"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let crd = wukong_envtest::deploy("crd.yaml").remove(0);
     api.store
         .create(
             wukong_fakeapi::Kind::named("apiextensions.k8s.io", "CustomResourceDefinition"),

@@ -2,20 +2,22 @@
 //! (`wukong-kvsim`, over HTTP), a kube client, and the operator running in-process
 //! (restartable) as its ServiceAccount.
 //!
-//! The API server is the project's fake (the default), or, with
-//! `WUKONG_TEST_TARGET=envtest`, a real kube-apiserver + etcd started from the binaries in
-//! `KUBEBUILDER_ASSETS` ([`control_plane`]) with KubeVirt's CRDs from its swagger
-//! ([`kubevirt_crds`]). The same tests run on both.
+//! `WUKONG_TEST_TARGET` picks the API server:
+//! - `fake` (the default): the project's fake, with the simulator;
+//! - `envtest`: a real kube-apiserver + etcd started from the binaries in `KUBEBUILDER_ASSETS`
+//!   (`wukong_envtest::control_plane`) with KubeVirt's CRDs from its swagger, and the simulator;
+//! - `cluster`: the cluster KUBECONFIG names, with its own KubeVirt and the install of
+//!   `deploy/` applied (the deployed operator scaled to 0: the tests run their own, as its
+//!   ServiceAccount by impersonation). Each test gets a namespace of its own, deleted after.
+//!
+//! `operator.rs` runs on all three; `operator_sim.rs` needs the simulator or a control plane
+//! of its own (fake, envtest); `operator_fake.rs` the fake's fault injection.
 #![allow(dead_code)]
-
-pub mod control_plane;
-pub mod kubevirt_crds;
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::watcher;
 use kube::{Client, Config};
 use serde_json::{Value, json};
@@ -25,20 +27,28 @@ use wukong_fakeapi::auth::Token;
 use wukong_fakeapi::{FakeApi, Options as FakeOptions};
 use wukong_operator::Options;
 
-use control_plane::ControlPlane;
+use wukong_envtest::ControlPlane;
+pub use wukong_envtest::{
+    RBAC, control_plane, create, deploy, dynamic, operator_user, resource_of, sa_groups,
+};
 
+/// The tests' namespace on a server of their own (on a shared cluster: one per test).
 pub const NS: &str = "tenant";
 
 /// The API server under the test.
 pub enum Backend {
     Fake(FakeApi),
     Real(ControlPlane),
+    /// A cluster of someone else's (KUBECONFIG).
+    Cluster,
 }
 
 pub struct Cluster {
     backend: Backend,
-    /// The simulated KubeVirt (faults, exec count).
-    pub kubevirt: wukong_kvsim::Running,
+    /// The simulated KubeVirt (faults, exec count); none on a real cluster.
+    kubevirt: Option<wukong_kvsim::Running>,
+    /// The namespace the test works in.
+    pub ns: String,
     pub client: Client,
     operator_client: Client,
     changes: watch::Receiver<u64>,
@@ -49,6 +59,28 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Backend::Cluster = self.backend {
+            // On a shared cluster the test's Wukongs go while its operator still runs (their
+            // finalizer would hold the namespace forever), then its namespace.
+            let wukongs = self.wukongs();
+            blocking(async {
+                let _ = wukongs
+                    .delete_collection(&DeleteParams::default(), &Default::default())
+                    .await;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                while wukongs
+                    .list(&Default::default())
+                    .await
+                    .is_ok_and(|l| !l.items.is_empty())
+                    && tokio::time::Instant::now() < deadline
+                {
+                    let mut changes = self.changes.clone();
+                    let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+                }
+            });
+            let api = dynamic(&self.client, &resource_of("v1", "Namespace"), None);
+            let _ = blocking(api.delete(&self.ns, &DeleteParams::background()));
+        }
         for w in &self.watches {
             w.abort();
         }
@@ -69,21 +101,6 @@ pub fn client_for(api: &FakeApi, token: &str) -> Client {
     Client::try_from(config).unwrap()
 }
 
-/// The objects of `deploy/FILE`.
-pub fn deploy(file: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy")
-            .join(file),
-    )
-    .unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
-
 /// The objects of `deploy/FILE` put into the fake's store (namespaced ones without a
 /// namespace of their own into `ns`).
 pub fn install(api: &FakeApi, file: &str, ns: Option<&str>) {
@@ -98,9 +115,6 @@ pub fn install(api: &FakeApi, file: &str, ns: Option<&str>) {
     }
 }
 
-/// The operator's identity and grants, exactly as `kubectl apply -k deploy/` installs them.
-const RBAC: [&str; 3] = ["rbac.yaml", "guest-exec.yaml", "guest-exec-cluster.yaml"];
-
 fn api_kind(object: &Value) -> &'static wukong_fakeapi::Kind {
     let group = object["apiVersion"]
         .as_str()
@@ -108,58 +122,6 @@ fn api_kind(object: &Value) -> &'static wukong_fakeapi::Kind {
         .rsplit_once('/')
         .map_or("", |(g, _)| g);
     wukong_fakeapi::Kind::named(group, object["kind"].as_str().unwrap())
-}
-
-/// The user name of the operator's ServiceAccount.
-pub fn operator_user() -> String {
-    let sa = deploy("rbac.yaml")
-        .into_iter()
-        .find(|d| d["kind"] == "ServiceAccount")
-        .unwrap();
-    format!(
-        "system:serviceaccount:{}:{}",
-        sa["metadata"]["namespace"].as_str().unwrap(),
-        sa["metadata"]["name"].as_str().unwrap()
-    )
-}
-
-/// The groups of a ServiceAccount of namespace `ns`.
-fn sa_groups(user: &str) -> Vec<String> {
-    let ns = user.split(':').nth(2).unwrap_or_default();
-    vec![
-        "system:serviceaccounts".into(),
-        format!("system:serviceaccounts:{ns}"),
-        "system:authenticated".into(),
-    ]
-}
-
-/// The API resource of `object` (plural: the kind in lower case plus `s`, true of every
-/// kind the tests create).
-pub fn resource_of(api_version: &str, kind: &str) -> ApiResource {
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let plural = format!("{}s", kind.to_lowercase());
-    ApiResource::from_gvk_with_plural(&gvk, &plural)
-}
-
-fn dynamic(client: &Client, ar: &ApiResource, ns: Option<&str>) -> Api<DynamicObject> {
-    match ns {
-        Some(ns) if !ns.is_empty() => Api::namespaced_with(client.clone(), ns, ar),
-        _ => Api::all_with(client.clone(), ar),
-    }
-}
-
-/// Creates `object` through the API.
-pub async fn create(client: &Client, object: &Value) -> Result<(), kube::Error> {
-    let ar = resource_of(
-        object["apiVersion"].as_str().unwrap(),
-        object["kind"].as_str().unwrap(),
-    );
-    let obj: DynamicObject = serde_json::from_value(object.clone()).unwrap();
-    dynamic(client, &ar, object["metadata"]["namespace"].as_str())
-        .create(&PostParams::default(), &obj)
-        .await
-        .map(|_| ())
 }
 
 /// Runs `f` to completion from synchronous code inside the test's (multi-threaded) runtime.
@@ -226,20 +188,30 @@ impl Cluster {
                 );
                 let admin = cp.client(ADMIN_TOKEN).await;
                 let op = cp.client(OPERATOR_TOKEN).await;
-                install_real(&admin).await;
+                wukong_envtest::install(&admin).await;
                 (Backend::Real(cp), admin, op)
             }
-            other => panic!("WUKONG_TEST_TARGET={other}: fake or envtest"),
+            "cluster" => {
+                let (admin, op) = cluster_clients(&operator).await;
+                (Backend::Cluster, admin, op)
+            }
+            other => panic!("WUKONG_TEST_TARGET={other}: fake, envtest or cluster"),
         };
-        let kubevirt = wukong_kvsim::start(client.clone()).await.unwrap();
+        let (kubevirt, ns) = match backend {
+            Backend::Cluster => (None, format!("wukong-test-{:08x}", rand_u32())),
+            _ => (
+                Some(wukong_kvsim::start(client.clone()).await.unwrap()),
+                NS.to_string(),
+            ),
+        };
         create(
             &client,
-            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
         )
         .await
         .unwrap();
         let (tx, changes) = watch::channel(0u64);
-        let watches = watch_changes(&client, tx);
+        let watches = watch_changes(&client, &ns, tx);
         let mut opts = Options {
             // Generous: a loaded CI machine must not turn a slow step into a failure.
             verify_timeout: Duration::from_secs(15),
@@ -253,6 +225,7 @@ impl Cluster {
         let mut c = Cluster {
             backend,
             kubevirt,
+            ns,
             client,
             operator_client,
             changes,
@@ -274,6 +247,9 @@ impl Cluster {
                 .map(|e| (e.user, e.method, e.uri))
                 .collect(),
             Backend::Real(cp) => cp.audited_writes(),
+            Backend::Cluster => {
+                panic!("this test reads the server's audit record: not on a shared cluster")
+            }
         };
         all.into_iter()
             .filter(|(u, _, _)| *u == user)
@@ -285,8 +261,15 @@ impl Cluster {
     pub fn fake(&self) -> &FakeApi {
         match &self.backend {
             Backend::Fake(api) => api,
-            Backend::Real(_) => panic!("this test needs the fake API server's fault injection"),
+            _ => panic!("this test needs the fake API server's fault injection"),
         }
+    }
+
+    /// The simulated KubeVirt, for a test that needs its faults or its exec count.
+    pub fn kubevirt(&self) -> &wukong_kvsim::Running {
+        self.kubevirt
+            .as_ref()
+            .expect("this test needs the simulated KubeVirt: not with WUKONG_TEST_TARGET=cluster")
     }
 
     pub fn start_operator(&mut self) {
@@ -315,6 +298,10 @@ impl Cluster {
     /// Takes guest exec away from the operator (the install without
     /// guest-exec-cluster.yaml), and waits until the authorizer says so.
     pub async fn revoke_guest_exec(&self) {
+        assert!(
+            !matches!(self.backend, Backend::Cluster),
+            "this test changes the install's RBAC: not on a shared cluster"
+        );
         let bindings: Api<DynamicObject> = dynamic(
             &self.client,
             &resource_of("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
@@ -327,7 +314,7 @@ impl Cluster {
         if let Backend::Real(_) = self.backend {
             let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                 "spec": {"user": operator_user(), "groups": sa_groups(&operator_user()),
-                         "resourceAttributes": {"namespace": NS, "resource": "pods",
+                         "resourceAttributes": {"namespace": self.ns, "resource": "pods",
                                                 "subresource": "exec", "verb": "create"}}});
             let ar = resource_of("authorization.k8s.io/v1", "SubjectAccessReview");
             let api: Api<DynamicObject> = dynamic(&self.client, &ar, None);
@@ -345,7 +332,7 @@ impl Cluster {
     }
 
     pub fn wukongs(&self) -> Api<Wukong> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     pub async fn create(&self, name: &str, spec_yaml: &str) -> Wukong {
@@ -399,20 +386,28 @@ impl Cluster {
     }
 
     pub fn wukong(&self, name: &str) -> Option<Value> {
-        self.get("vm.novasphere.dev/v1alpha1", "Wukong", NS, name)
+        self.get("vm.novasphere.dev/v1alpha1", "Wukong", &self.ns, name)
     }
     pub fn vm(&self, name: &str) -> Option<Value> {
-        self.get("kubevirt.io/v1", "VirtualMachine", NS, name)
+        self.get("kubevirt.io/v1", "VirtualMachine", &self.ns, name)
     }
     pub fn vmi(&self, name: &str) -> Option<Value> {
-        self.get("kubevirt.io/v1", "VirtualMachineInstance", NS, name)
+        self.get("kubevirt.io/v1", "VirtualMachineInstance", &self.ns, name)
     }
     pub fn pvc(&self, name: &str) -> Option<Value> {
-        self.get("v1", "PersistentVolumeClaim", NS, name)
+        self.get("v1", "PersistentVolumeClaim", &self.ns, name)
     }
-    /// What the simulated guest agent reports as VMI `vmi`'s filesystems, if it runs.
+    /// What the guest agent of VMI `vmi` reports as its filesystems (virt-api's
+    /// `filesystemlist`), if it runs.
     pub fn filesystems(&self, vmi: &str) -> Option<Vec<Value>> {
-        blocking(self.kubevirt.filesystems_of(NS, vmi))
+        let path = format!(
+            "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachineinstances/{vmi}/filesystemlist",
+            self.ns
+        );
+        let req = http::Request::get(path).body(Vec::new()).unwrap();
+        let text = blocking(self.client.request_text(req)).ok()?;
+        let list: Value = serde_json::from_str(&text).ok()?;
+        list["items"].as_array().cloned()
     }
 
     /// PVC and VM creates the server was asked for (accepted or not): known to the fake only.
@@ -422,7 +417,7 @@ impl Cluster {
                 api.store.writes("persistentvolumeclaims", "create")
                     + api.store.writes("virtualmachines", "create"),
             ),
-            Backend::Real(_) => None,
+            _ => None,
         }
     }
 
@@ -457,7 +452,7 @@ impl Cluster {
 
     fn wukongs_status(&self) -> Value {
         Value::Array(
-            self.list("vm.novasphere.dev/v1alpha1", "Wukong", NS)
+            self.list("vm.novasphere.dev/v1alpha1", "Wukong", &self.ns)
                 .into_iter()
                 .map(|w| json!({"name": w["metadata"]["name"], "status": w["status"]}))
                 .collect(),
@@ -497,7 +492,7 @@ impl Cluster {
 
     /// Reasons of the Kubernetes Events about `name`.
     pub fn event_reasons(&self, name: &str) -> Vec<String> {
-        self.list("events.k8s.io/v1", "Event", NS)
+        self.list("events.k8s.io/v1", "Event", &self.ns)
             .iter()
             .filter(|e| e["regarding"]["name"] == name)
             .filter_map(|e| e["reason"].as_str().map(String::from))
@@ -506,14 +501,18 @@ impl Cluster {
 }
 
 /// Watches what the tests look at and counts changes into `tx`.
-fn watch_changes(client: &Client, tx: watch::Sender<u64>) -> Vec<tokio::task::JoinHandle<()>> {
+fn watch_changes(
+    client: &Client,
+    ns: &str,
+    tx: watch::Sender<u64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let tx = std::sync::Arc::new(tx);
     [
-        ("vm.novasphere.dev/v1alpha1", "Wukong", Some(NS)),
-        ("kubevirt.io/v1", "VirtualMachine", Some(NS)),
-        ("kubevirt.io/v1", "VirtualMachineInstance", Some(NS)),
-        ("v1", "PersistentVolumeClaim", Some(NS)),
-        ("events.k8s.io/v1", "Event", Some(NS)),
+        ("vm.novasphere.dev/v1alpha1", "Wukong", Some(ns)),
+        ("kubevirt.io/v1", "VirtualMachine", Some(ns)),
+        ("kubevirt.io/v1", "VirtualMachineInstance", Some(ns)),
+        ("v1", "PersistentVolumeClaim", Some(ns)),
+        ("events.k8s.io/v1", "Event", Some(ns)),
         ("v1", "Namespace", None),
     ]
     .into_iter()
@@ -532,51 +531,45 @@ fn watch_changes(client: &Client, tx: watch::Sender<u64>) -> Vec<tokio::task::Jo
     .collect()
 }
 
-/// The install on a real server: the operator's namespace, CRD and RBAC from deploy/, and
-/// KubeVirt's CRDs; back once the server serves the new kinds.
-async fn install_real(client: &Client) {
-    let objects: Vec<Value> = ["namespace.yaml", "crd.yaml"]
-        .into_iter()
-        .chain(RBAC)
-        .flat_map(deploy)
-        .chain(kubevirt_crds::crds())
-        .collect();
-    for object in &objects {
-        create(client, object)
-            .await
-            .unwrap_or_else(|e| panic!("{} {}: {e}", object["kind"], object["metadata"]["name"]));
-    }
-    // A CRD is served once Established.
-    for crd in objects
-        .iter()
-        .filter(|o| o["kind"] == "CustomResourceDefinition")
-    {
-        let name = crd["metadata"]["name"].as_str().unwrap();
-        let api = dynamic(
-            client,
-            &resource_of("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
-            None,
-        );
-        let established = |o: &DynamicObject| {
-            o.data["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Established" && c["status"] == "True")
-            })
-        };
-        let mut events = watcher(
-            api,
-            watcher::Config::default().fields(&format!("metadata.name={name}")),
-        )
-        .boxed();
-        while let Some(e) = events.next().await {
-            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = e
-                && established(&o)
-            {
-                break;
-            }
-        }
-    }
+/// The clients on a real cluster: KUBECONFIG's user, and the operator's ServiceAccount by
+/// impersonation. The install must be there already.
+async fn cluster_clients(operator: &str) -> (Client, Client) {
+    let admin = Client::try_default()
+        .await
+        .expect("WUKONG_TEST_TARGET=cluster: a cluster from KUBECONFIG");
+    let crds = dynamic(
+        &admin,
+        &resource_of("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+        None,
+    );
+    crds.get("wukongs.vm.novasphere.dev").await.expect(
+        "WUKONG_TEST_TARGET=cluster needs the install: `kubectl apply -k deploy/` and \
+         `kubectl -n wukong-system scale deployment wukong-operator --replicas=0`",
+    );
+    let mut config = Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(operator.to_string());
+    config.auth_info.impersonate_groups = Some(sa_groups(operator));
+    (admin, Client::try_from(config).unwrap())
 }
+
+/// A random number from the OS (for a namespace name of one's own).
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom");
+    u32::from_le_bytes(b)
+}
+
+/// The size of the filesystem mounted at `mount`, as the guest agent reports it.
+pub fn fs_total(c: &Cluster, vmi: &str, mount: &str) -> Option<u64> {
+    c.filesystems(vmi)?
+        .iter()
+        .find(|f| f["mountPoint"] == mount)
+        .and_then(|f| f["totalBytes"].as_u64())
+}
+
 pub const BASIC: &str = "  cpu: 2\n  memory: 2Gi\n  maxCpu: 4\n  maxMemory: 4Gi\n  disks:\n  - {name: system, size: 10Gi}\n  - {name: data, size: 20Gi, filesystem: {type: ext4, mountPath: /data}}\n";
 
 /// `crd` as a CRD of its own group `v{i}.fixture.novasphere.dev`, with the schema keyword at

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 fn swagger() -> Value {
     serde_json::from_str(include_str!(
-        "../../../kubevirt/tests/fixtures/kubevirt-v1.9.0-swagger.json"
+        "../../kubevirt/tests/fixtures/kubevirt-v1.9.0-swagger.json"
     ))
     .unwrap()
 }

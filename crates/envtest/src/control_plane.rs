@@ -17,9 +17,12 @@ use std::time::{Duration, Instant};
 
 use kube::{Client, Config};
 
+/// A running control plane; dropping it stops every process and removes its directory.
 pub struct ControlPlane {
     children: Vec<Child>,
+    /// Its directory: etcd's data, certificates, tokens, logs, the audit log.
     pub dir: PathBuf,
+    /// The API server's URL (`https://127.0.0.1:PORT`, a self-signed certificate).
     pub url: String,
     /// Whether a kube-controller-manager runs beside the server.
     pub controllers: bool,
@@ -55,9 +58,12 @@ pub fn assets() -> PathBuf {
 }
 
 impl ControlPlane {
+    /// Starts etcd, kube-apiserver (and kube-controller-manager, with the first token, when
+    /// `assets` has it) from the binaries in `assets`, knowing `tokens`.
     pub fn start(assets: &Path, tokens: Tokens) -> ControlPlane {
         let dir = tempfile::tempdir().unwrap().keep();
-        let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+        let logs = dir.clone();
+        let log = |name: &str| std::fs::File::create(logs.join(name)).unwrap();
         let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
         let etcd = Command::new(assets.join("etcd"))
             .args(["--data-dir", &dir.join("etcd").display().to_string()])
@@ -140,20 +146,19 @@ impl ControlPlane {
             .spawn()
             .expect("kube-apiserver from KUBEBUILDER_ASSETS");
         let url = format!("https://127.0.0.1:{api_port}");
-        let mut children = vec![api, etcd];
+        let children = vec![api, etcd];
         let kcm = assets.join("kube-controller-manager");
         let controllers = kcm.exists();
+        let mut plane = ControlPlane {
+            children,
+            url,
+            dir,
+            controllers,
+        };
         if controllers {
             let (token, _, _) = tokens[0];
-            let kubeconfig = dir.join("kubeconfig");
-            std::fs::write(
-                &kubeconfig,
-                format!(
-                    "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
-                ),
-            )
-            .unwrap();
-            children.push(
+            let kubeconfig = plane.kubeconfig("controller-manager", token);
+            plane.children.push(
                 Command::new(kcm)
                     .arg("--kubeconfig")
                     .arg(&kubeconfig)
@@ -165,12 +170,27 @@ impl ControlPlane {
                     .expect("kube-controller-manager from KUBEBUILDER_ASSETS"),
             );
         }
-        ControlPlane {
-            children,
-            url,
-            dir,
-            controllers,
-        }
+        plane
+    }
+
+    /// A kubeconfig file `kubeconfig-NAME` for this server with `token` (the server's
+    /// certificate is self-signed: not verified).
+    pub fn kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.join(format!("kubeconfig-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+                self.url
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// The processes (for their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
     }
 
     /// The writes audited so far: `(user, method, request URI)`, oldest first.

@@ -1,0 +1,346 @@
+//! Operator tests that need the simulated KubeVirt (its faults: a PVC that will not grow, a
+//! guest that leaves vCPUs offline, a refused restart…) or a control plane of their own (its
+//! audit record, RBAC changed under the operator): they run on the fake and on envtest, not
+//! on a shared cluster (`common` says how the targets are picked).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BASIC, Cluster, fs_total};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+fn sockets(vm: &serde_json::Value) -> u64 {
+    vm["spec"]["template"]["spec"]["domain"]["cpu"]["sockets"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_writes_its_objects_with_strict_field_validation() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "30Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}}]}),
+    )
+    .await;
+    c.converged("w").await;
+    // Every VM, PVC and status write of the operator asks for strict field validation, so a
+    // field the server does not know is refused, not dropped.
+    let writes = c.operator_writes();
+    for (method, what) in [
+        ("POST", "/virtualmachines?"),
+        ("POST", "/persistentvolumeclaims?"),
+        ("PATCH", "/persistentvolumeclaims/w-data?"),
+        ("PATCH", "/wukongs/w/status?"),
+    ] {
+        assert!(
+            writes.iter().any(|(m, u)| m == method && u.contains(what)),
+            "no {method} {what} among {writes:#?}"
+        );
+    }
+    let lax: Vec<_> = writes
+        .iter()
+        .filter(|(_, u)| {
+            !u.starts_with("/apis/subresources.kubevirt.io/")
+                && (u.contains("/virtualmachines")
+                    || u.contains("/persistentvolumeclaims")
+                    || u.contains("/status"))
+                && !u.contains("fieldValidation=Strict")
+        })
+        .collect();
+    assert!(
+        lax.is_empty(),
+        "written without strict validation: {lax:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pvc_resize_that_fails_degrades_with_the_reason() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    c.kubevirt().faults(|f| {
+        f.fail_resize.insert("w-data".into());
+    });
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "40Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}}]}),
+    )
+    .await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(message.contains("could not be resized"), "{message}");
+    let w = c.wukong("w").unwrap();
+    assert_ne!(
+        w["status"]["observedGeneration"], w["metadata"]["generation"],
+        "not claimed converged"
+    );
+    assert_eq!(fs_total(&c, "w", "/data"), Some(20 << 30));
+    // Once the storage recovers, the retry completes it.
+    c.kubevirt().faults(|f| f.fail_resize.clear());
+    c.until("the resize to complete", T, |c| {
+        fs_total(c, "w", "/data") == Some(40 << 30)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmi_that_never_shows_the_new_cpu_count_times_out_into_a_condition() {
+    let c = Cluster::start_with(|o| o.verify_timeout = Duration::from_secs(2)).await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    c.kubevirt().faults(|f| {
+        f.freeze_cpu.insert("w".into());
+    });
+    c.patch_spec("w", json!({"cpu": 3})).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let w = c.wukong("w").unwrap();
+    assert_eq!(
+        w["status"]["lastOperation"]["phase"], "Failed",
+        "{}",
+        w["status"]
+    );
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(
+        message.contains("cpu") || message.contains("vCPU"),
+        "{message}"
+    );
+    assert_eq!(
+        w["status"]["guest"]["cpusOnline"], 2,
+        "status tells what the guest has"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pod_exec_the_status_says_the_guest_cannot_be_reached() {
+    let c = Cluster::start().await;
+    // Guest exec left out of the install (as guest-exec-cluster.yaml describes).
+    c.revoke_guest_exec().await;
+    c.create("w", BASIC).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(message.contains("pods/exec"), "{message}");
+    assert!(c.vmi("w").is_some(), "the VM itself runs");
+    // The phase is the VMI's (Running) while its steps keep failing, not what it was when
+    // the VM was created.
+    c.until("phase Running", T, |c| {
+        c.wukong("w")
+            .is_some_and(|w| w["status"]["phase"] == "Running")
+    })
+    .await;
+    assert_eq!(c.condition("w", "Degraded").unwrap().0, "True");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcpus_the_guest_leaves_offline_are_caught_by_asking_the_guest() {
+    let c = Cluster::start_with(|o| o.verify_timeout = Duration::from_secs(2)).await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    // KubeVirt adds the vCPU to the domain, but the guest does not online it.
+    c.kubevirt().faults(|f| {
+        f.offline_cpus.insert("w".into());
+    });
+    c.patch_spec("w", json!({"cpu": 3})).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(
+        c.vmi("w").unwrap()["status"]["currentCPUTopology"]["sockets"],
+        3,
+        "the API says OK"
+    );
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(
+        message.contains("2 vCPU(s) online"),
+        "the guest does not: {message}"
+    );
+    // The retries keep asking the guest: never claimed converged while it lacks the vCPU.
+    let failures = |c: &Cluster| {
+        c.event_reasons("w")
+            .iter()
+            .filter(|r| *r == "StepFailed")
+            .count()
+    };
+    c.until("a retry", T, |c| failures(c) >= 2).await;
+    let w = c.wukong("w").unwrap();
+    assert_ne!(
+        w["status"]["observedGeneration"], w["metadata"]["generation"],
+        "{}",
+        w["status"]
+    );
+    assert_eq!(c.condition("w", "Degraded").unwrap().0, "True");
+    // Once the guest onlines it, the next retry converges.
+    c.kubevirt().faults(|f| f.offline_cpus.clear());
+    c.converged("w").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_kubevirt_has_not_started_takes_changes_in_its_template_and_its_run_strategy() {
+    let c = Cluster::start().await;
+    // No provisioner binds the system disk: KubeVirt cannot start the VM (no VMI).
+    c.kubevirt().faults(|f| {
+        f.unbound.insert("w-system".into());
+    });
+    c.create("w", BASIC).await;
+    c.until("the VM waiting for its disks", T, |c| {
+        c.vm("w")
+            .is_some_and(|vm| vm["status"]["printableStatus"] == "WaitingForVolumeBinding")
+    })
+    .await;
+    c.patch_spec("w", json!({"cpu": 3, "memory": "3Gi"})).await;
+    let template = |c: &Cluster| {
+        c.vm("w").map(|vm| {
+            (
+                sockets(&vm),
+                vm["spec"]["template"]["spec"]["domain"]["memory"]["guest"].clone(),
+            )
+        })
+    };
+    c.until("the change in the template", T, |c| {
+        template(c) == Some((3, json!("3Gi")))
+    })
+    .await;
+    c.until("the status to say so", T, |c| {
+        c.wukong("w").is_some_and(|w| {
+            w["status"]["observedGeneration"] == w["metadata"]["generation"]
+                && w["status"]["phase"] == "Starting"
+        })
+    })
+    .await;
+    assert!(c.vmi("w").is_none(), "still not started");
+
+    // Halted reaches the VM itself: with a real KubeVirt it would otherwise start it.
+    c.patch_spec("w", json!({"runStrategy": "Halted"})).await;
+    c.until("runStrategy Halted on the VM", T, |c| {
+        c.vm("w")
+            .is_some_and(|vm| vm["spec"]["runStrategy"] == "Halted")
+    })
+    .await;
+    c.until("phase Stopped", T, |c| {
+        c.wukong("w")
+            .is_some_and(|w| w["status"]["phase"] == "Stopped")
+    })
+    .await;
+
+    // Once the disk binds and the VM may run, it starts with what was asked meanwhile.
+    c.kubevirt().faults(|f| f.unbound.clear());
+    c.patch_spec("w", json!({"runStrategy": "Always"})).await;
+    let w = c.converged("w").await;
+    assert_eq!(c.vm("w").unwrap()["spec"]["runStrategy"], "Always");
+    let vmi = c.vmi("w").unwrap();
+    assert_eq!(vmi["status"]["currentCPUTopology"]["sockets"], 3);
+    assert_eq!(vmi["status"]["memory"]["guestCurrent"], "3Gi");
+    assert_eq!(w["status"]["phase"], "Running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_fails_leaves_the_template_as_it_was_and_says_why() {
+    let c = Cluster::start().await;
+    c.create("w", &format!("{BASIC}  restartPolicy: Automatic\n"))
+        .await;
+    c.converged("w").await;
+    let boot = c.vmi("w").unwrap()["metadata"]["uid"].clone();
+    c.kubevirt().faults(|f| f.refuse_restart = true);
+    // 2 → 1 vCPUs needs a restart on KubeVirt.
+    c.patch_spec("w", json!({"cpu": 1})).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(
+        message.contains("restart") && message.contains("taken back out of the template"),
+        "{message}"
+    );
+    assert_eq!(
+        sockets(&c.vm("w").unwrap()),
+        2,
+        "a restart-only change is not left in the template when the restart fails"
+    );
+    let w = c.wukong("w").unwrap();
+    let steps = w["status"]["lastOperation"]["steps"].as_array().unwrap();
+    assert!(
+        steps.iter().all(|s| s["state"] != "Running"),
+        "no step stays Running: {}",
+        w["status"]
+    );
+    assert_eq!(
+        w["status"]["restartPending"], true,
+        "the change still waits for a restart: {}",
+        w["status"]
+    );
+    assert_eq!(
+        c.vmi("w").unwrap()["metadata"]["uid"],
+        boot,
+        "not restarted"
+    );
+    // Once the restart is allowed, a retry does it.
+    c.kubevirt().faults(|f| f.refuse_restart = false);
+    c.until("the restart", T, |c| {
+        c.vmi("w").is_some_and(|v| {
+            v["metadata"]["uid"] != boot && v["status"]["currentCPUTopology"]["sockets"] == 1
+        })
+    })
+    .await;
+    c.converged("w").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_verified_in_the_guest_not_taken_from_the_vmi() {
+    let c = Cluster::start_with(|o| o.verify_timeout = Duration::from_secs(2)).await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    // KubeVirt plugs the memory and the VMI says so; the guest (no virtio-mem driver) never
+    // takes it.
+    c.kubevirt().faults(|f| {
+        f.memory_unseen.insert("w".into());
+    });
+    c.patch_spec("w", json!({"memory": "3Gi"})).await;
+    c.until("Degraded", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(
+        c.vmi("w").unwrap()["status"]["memory"]["guestCurrent"],
+        "3Gi",
+        "the VMI says done"
+    );
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(message.contains("memory"), "{message}");
+    let w = c.wukong("w").unwrap();
+    assert_ne!(
+        w["status"]["observedGeneration"], w["metadata"]["generation"],
+        "not claimed converged: {}",
+        w["status"]
+    );
+    assert_eq!(
+        w["status"]["guest"]["memory"], "2Gi",
+        "status tells what the guest has"
+    );
+    // Once the guest takes it, a retry converges.
+    c.kubevirt().faults(|f| f.memory_unseen.clear());
+    c.converged("w").await;
+}

@@ -129,6 +129,12 @@ pub struct VmConfig {
     pub restart_policy: RestartPolicy,
     /// When restarts may happen under `Window`.
     pub maintenance_window: Option<MaintenanceWindow>,
+    /// How it boots (none: the backend's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::types::BootSpec>,
+    /// cloud-init NoCloud data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<crate::types::CloudInitSpec>,
 }
 
 impl VmConfig {
@@ -185,6 +191,8 @@ impl VmConfig {
             run_strategy: Some(self.run_strategy),
             restart_policy: Some(self.restart_policy),
             maintenance_window: self.maintenance_window.clone(),
+            boot: self.boot.clone(),
+            cloud_init: self.cloud_init.clone(),
             autoscaling: None,
         }
     }
@@ -399,6 +407,8 @@ pub fn resolve(vm: &str, spec: &WukongSpec, pinned: &Pinned) -> Result<VmConfig,
         run_strategy: spec.run_strategy.unwrap_or_default(),
         restart_policy: spec.restart_policy.unwrap_or_default(),
         maintenance_window: spec.maintenance_window.clone(),
+        boot: spec.boot.clone(),
+        cloud_init: spec.cloud_init.clone(),
     })
 }
 

@@ -7,6 +7,7 @@ pub mod crd;
 pub mod document;
 pub mod merge;
 pub mod quantity;
+pub mod sources;
 pub mod types;
 pub mod validate;
 

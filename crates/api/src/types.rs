@@ -123,6 +123,14 @@ pub struct WukongSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<MaintenanceWindow>,
 
+    /// How the VM boots (pinned at creation; a change takes a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootSpec>,
+
+    /// cloud-init NoCloud data (a change takes effect at the next restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitSpec>,
+
     /// Automatic scaling from metrics. The autoscaler owns only the fields named here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
@@ -178,14 +186,177 @@ pub struct DiskSpec {
     pub volume_mode: Option<VolumeMode>,
 }
 
-/// The content a disk starts from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The content a disk starts from (exactly one source). It is imported into the disk when the
+/// disk is created, and the disk can grow from there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "[has(self.image), has(self.http), has(self.registry), has(self.pvc)].filter(x, x).size() == 1",
+     "message": "exactly one disk source (image, http, registry, pvc) must be set"}
+]))]
 pub struct DiskSource {
-    /// Local backend: an absolute path to a qcow2 or raw image on the host. It is copied when
-    /// the disk is created and never modified.
-    #[schemars(regex(pattern = r"^/.*$"), length(min = 2))]
-    pub image: String,
+    /// Local backend: an absolute path to a qcow2 or raw image on the host, under one of the
+    /// daemon's trusted image roots. It is copied when the disk is created and never modified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/.*$"), length(min = 2, max = 4096))]
+    pub image: Option<String>,
+
+    /// KubeVirt backend: an image imported by CDI from an http(s) URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<UrlSource>,
+
+    /// KubeVirt backend: a container image imported by CDI (`docker://registry/repo:tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<UrlSource>,
+
+    /// KubeVirt backend: a clone of a PVC in the Wukong's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<LocalRef>,
+}
+
+impl DiskSource {
+    /// A host image.
+    pub fn image(path: &str) -> Self {
+        DiskSource {
+            image: Some(path.to_string()),
+            ..DiskSource::default()
+        }
+    }
+
+    /// What the source is, in words (`image /x`, `http https://…`, …), or `None` when not
+    /// exactly one source is set.
+    pub fn describe(&self) -> Option<String> {
+        let all = [
+            self.image.as_ref().map(|p| format!("image {p}")),
+            self.http.as_ref().map(|u| format!("http {}", u.url)),
+            self.registry
+                .as_ref()
+                .map(|u| format!("registry {}", u.url)),
+            self.pvc.as_ref().map(|p| format!("pvc {}", p.name)),
+        ];
+        let mut set = all.into_iter().flatten();
+        match (set.next(), set.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    }
+}
+
+/// A URL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlSource {
+    /// The URL.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+}
+
+/// An object of the Wukong's own namespace, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalRef {
+    /// Its name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// How the VM boots. Pinned at creation: changing it is a restart-only change. Unset: the
+/// backend's default (the local daemon's `serve` flags; BIOS on KubeVirt).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.firmware) && has(self.kernel))",
+     "message": "firmware and kernel exclude each other"}
+]))]
+pub struct BootSpec {
+    /// Boot the boot disk through the firmware: `bios` (SeaBIOS) or `uefi` (OVMF, secure boot
+    /// off; the image's loader must sit at `/EFI/BOOT/BOOTX64.EFI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+
+    /// Local backend: boot this kernel directly (files under the daemon's trusted roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelBoot>,
+}
+
+impl BootSpec {
+    /// In words: `uefi`, `bios`, `kernel /path`, or `the default`.
+    pub fn describe(&self) -> String {
+        match (&self.firmware, &self.kernel) {
+            (Some(f), _) => format!("{f} firmware"),
+            (None, Some(k)) => format!("kernel {}", k.path),
+            (None, None) => "the default".into(),
+        }
+    }
+}
+
+/// Firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// Legacy BIOS.
+    Bios,
+    /// UEFI, secure boot off.
+    Uefi,
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        })
+    }
+}
+
+/// A kernel booted directly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KernelBoot {
+    /// Absolute path of the kernel (vmlinux or bzImage) on the host.
+    #[schemars(regex(pattern = r"^/.*$"), length(min = 2, max = 4096))]
+    pub path: String,
+
+    /// Absolute path of its initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/.*$"), length(min = 2, max = 4096))]
+    pub initrd: Option<String>,
+
+    /// Its command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub cmdline: Option<String>,
+}
+
+/// cloud-init's NoCloud data for the guest: inline, or (KubeVirt) from Secrets of the Wukong's
+/// namespace. The instance-id is the VM's uid for its whole life; a change is written for the
+/// next boot and takes effect at the next restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.userData) && has(self.secretRef))",
+     "message": "userData and secretRef exclude each other"},
+    {"rule": "!(has(self.networkData) && has(self.networkDataSecretRef))",
+     "message": "networkData and networkDataSecretRef exclude each other"}
+]))]
+pub struct CloudInitSpec {
+    /// The user-data (`#cloud-config …`, a script, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub user_data: Option<String>,
+
+    /// The network configuration (cloud-init's `network-config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub network_data: Option<String>,
+
+    /// KubeVirt: a Secret whose `userdata` (or `userData`) key holds the user-data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalRef>,
+
+    /// KubeVirt: a Secret whose `networkdata` (or `networkData`) key holds the network data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data_secret_ref: Option<LocalRef>,
 }
 
 /// Disk bus.

@@ -279,6 +279,8 @@ pub fn validate_spec(spec: &WukongSpec) -> Result<(), FieldErrors> {
         }
     }
 
+    crate::sources::check(spec, &mut errors);
+
     if let Some(nets) = &spec.networks {
         if nets.len() > MAX_NETWORKS {
             errors.push(FieldError::invalid(
@@ -475,7 +477,8 @@ fn parse_duration_minutes(s: &str) -> Option<u32> {
     (seen_any && digits.is_empty()).then_some(total)
 }
 
-/// Network sources the backend cannot use are refused with the field named.
+/// Network sources, disk sources, boot settings and cloud-init data the backend cannot use
+/// are refused with the field named.
 pub fn validate_for_backend(spec: &WukongSpec, backend: BackendKind) -> Result<(), FieldErrors> {
     let mut errors = Vec::new();
     for (i, n) in spec.networks.iter().flatten().enumerate() {
@@ -492,21 +495,7 @@ pub fn validate_for_backend(spec: &WukongSpec, backend: BackendKind) -> Result<(
             ));
         }
     }
-    for (i, d) in spec.disks.iter().flatten().enumerate() {
-        if let Some(src) = &d.source {
-            if backend != BackendKind::Local {
-                errors.push(FieldError::invalid(
-                    format!("spec.disks[{i}].source.image"),
-                    "host images are for the local backend only",
-                ));
-            } else if !src.image.starts_with('/') {
-                errors.push(FieldError::invalid(
-                    format!("spec.disks[{i}].source.image"),
-                    format!("'{}' is not an absolute path", src.image),
-                ));
-            }
-        }
-    }
+    crate::sources::check_for_backend(spec, backend, &mut errors);
     if backend == BackendKind::Local {
         for (i, d) in spec.disks.iter().flatten().enumerate() {
             if matches!(

@@ -162,3 +162,42 @@ fn the_name_is_a_dns_label_that_fits_a_label_value() {
         );
     }
 }
+
+#[test]
+fn boot_sources_and_cloud_init_agree_with_the_rust_rules() {
+    let mut spec = full();
+    spec["boot"] = json!({"firmware": "uefi"});
+    spec["disks"][0]["source"] = json!({"http": {"url": "https://h/x.qcow2"}});
+    spec["cloudInit"] = json!({"userData": "#cloud-config\n"});
+    assert_eq!(messages(object(spec.clone()), None), Vec::<String>::new());
+    let mut bad = spec.clone();
+    bad["boot"]["kernel"] = json!({"path": "/k"});
+    bad["disks"][0]["source"]["pvc"] = json!({"name": "golden"});
+    bad["cloudInit"]["secretRef"] = json!({"name": "ud"});
+    bad["disks"][1]["source"] = json!({});
+    let mut m = messages(object(bad.clone()), None);
+    m.sort();
+    assert_eq!(
+        m,
+        vec![
+            "exactly one disk source (image, http, registry, pvc) must be set",
+            "exactly one disk source (image, http, registry, pvc) must be set",
+            "firmware and kernel exclude each other",
+            "userData and secretRef exclude each other",
+        ]
+    );
+    // The Rust validation refuses the same fields.
+    let spec: wukong_api::WukongSpec = serde_json::from_value(bad).unwrap();
+    let errors = wukong_api::validate::validate_spec(&spec).unwrap_err();
+    let mut fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec![
+            "spec.boot",
+            "spec.cloudInit.secretRef",
+            "spec.disks[0].source",
+            "spec.disks[1].source"
+        ]
+    );
+}

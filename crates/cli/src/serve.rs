@@ -25,11 +25,12 @@ pub struct ServeArgs {
     /// Where the default guest image is kept (built on first start if missing).
     #[arg(long, env = "WUKONG_IMAGE_DIR")]
     image_dir: Option<PathBuf>,
-    /// Boot your own kernel instead of the default guest's.
+    /// Boot your own kernel instead of the default guest's (VMs whose spec says nothing of
+    /// `boot`).
     #[arg(long, requires = "initrd", conflicts_with = "firmware")]
     kernel: Option<PathBuf>,
-    /// Boot each VM's boot disk through the firmware (your own images, e.g. a disk with
-    /// `source.image`).
+    /// Boot each VM's boot disk through the firmware (SeaBIOS) unless its spec says otherwise
+    /// (`boot`).
     #[arg(long)]
     firmware: bool,
     /// Initramfs for --kernel.
@@ -61,6 +62,20 @@ pub struct ServeArgs {
     /// host images are taken only over the private socket, never over --listen.
     #[arg(long = "image-root", value_name = "DIR")]
     image_root: Vec<PathBuf>,
+    /// UEFI firmware for VMs with `boot.firmware: uefi` (Debian's ovmf package).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    )]
+    ovmf_code: PathBuf,
+    /// The UEFI variable store template each such VM gets a copy of.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    )]
+    ovmf_vars: PathBuf,
     /// Also listen on this loopback TCP address (needs --token-file).
     #[arg(long, requires = "token_file")]
     listen: Option<SocketAddr>,
@@ -81,11 +96,13 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
             kernel: None,
             initrd: None,
             cmdline: String::new(),
+            uefi: None,
         },
         Some(kernel) => BootSource {
             kernel: Some(kernel),
             initrd: a.initrd,
             cmdline: a.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+            uefi: None,
         },
         None => {
             let dir = crate::remote::image_dir(a.image_dir);
@@ -125,6 +142,10 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
         image_roots: wukong_local::trusted::resolve_roots(&a.image_root)
             .map_err(Failure::Invalid)?,
         event_history: a.event_history,
+        uefi: wukong_local::boot::UefiFirmware {
+            code: a.ovmf_code,
+            vars_template: a.ovmf_vars,
+        },
     };
     let server = Server::bind(home.clone(), options, tcp)
         .await

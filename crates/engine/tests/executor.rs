@@ -136,6 +136,8 @@ fn base() -> VmConfig {
         run_strategy: RunStrategy::Always,
         restart_policy: RestartPolicy::Never,
         maintenance_window: None,
+        boot: None,
+        cloud_init: None,
     }
 }
 

@@ -159,7 +159,11 @@ pub fn edits(
                 json!(run_strategy(desired.run_strategy)),
             ))),
             Action::Stop => out.push(Edit::PatchVm(guarded_replace(current, "/spec/runStrategy", json!("Halted")))),
-            Action::SetMaxCpu { .. } | Action::SetMaxMemory { .. } | Action::ChangeDisk { .. } => {}
+            Action::SetMaxCpu { .. }
+            | Action::SetMaxMemory { .. }
+            | Action::ChangeDisk { .. }
+            | Action::SetBoot { .. }
+            | Action::SetCloudInit { .. } => {}
         }
     }
     if let Ok(next) = apply_patches(&current, &out[applied..]) {

@@ -209,8 +209,8 @@ async fn names_checked(req: Request, next: Next) -> Response {
 #[derive(Clone, Copy, Debug)]
 pub struct OverTcp;
 
-/// Every disk source in `spec` that `before` did not have, checked against the daemon's
-/// trusted image directories (over TCP nothing without one).
+/// Every disk source and boot kernel in `spec` that `before` did not have, checked against
+/// the daemon's trusted image directories (over TCP nothing without one).
 fn check_sources(
     d: &Daemon,
     spec: &wukong_api::WukongSpec,
@@ -225,6 +225,7 @@ fn check_sources(
     let mut errors = Vec::new();
     for (i, disk) in spec.disks.iter().flatten().enumerate() {
         let Some(src) = &disk.source else { continue };
+        let Some(image) = &src.image else { continue };
         if old
             .iter()
             .any(|o| o.name == disk.name && o.source.as_ref() == Some(src))
@@ -232,12 +233,33 @@ fn check_sources(
             continue;
         }
         if let Err(reason) =
-            crate::trusted::check_source(&src.image, &d.backend.options().image_roots, over_tcp)
+            crate::trusted::check_source(image, &d.backend.options().image_roots, over_tcp)
         {
             errors.push(wukong_api::FieldError::invalid(
                 format!("spec.disks[{i}].source.image"),
                 reason,
             ));
+        }
+    }
+    // A kernel and initrd to boot, as host files, follow the same rule.
+    let kernel = spec.boot.as_ref().and_then(|b| b.kernel.as_ref());
+    let old_kernel = before
+        .and_then(|b| b.boot.as_ref())
+        .and_then(|b| b.kernel.as_ref());
+    if let Some(k) = kernel
+        && Some(k) != old_kernel
+    {
+        let files = [("path", Some(&k.path)), ("initrd", k.initrd.as_ref())];
+        for (field, file) in files {
+            let Some(file) = file else { continue };
+            if let Err(reason) =
+                crate::trusted::check_source(file, &d.backend.options().image_roots, over_tcp)
+            {
+                errors.push(wukong_api::FieldError::invalid(
+                    format!("spec.boot.kernel.{field}"),
+                    reason,
+                ));
+            }
         }
     }
     if errors.is_empty() {

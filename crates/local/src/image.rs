@@ -39,6 +39,7 @@ impl GuestImage {
             kernel: Some(self.kernel()),
             initrd: Some(self.initrd()),
             cmdline: DEFAULT_CMDLINE.into(),
+            uefi: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod boot;
 pub mod client;
 pub mod daemon;
 pub mod image;

@@ -65,6 +65,18 @@ pub struct BootSource {
     pub initrd: Option<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
+    /// UEFI firmware (without it and without a kernel: SeaBIOS).
+    pub uefi: Option<Uefi>,
+}
+
+/// UEFI firmware files of one VM: the firmware itself (read-only, shared) and the VM's own
+/// variable store (a copy of the template, kept with the VM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uefi {
+    /// `OVMF_CODE_4M.fd`.
+    pub code: PathBuf,
+    /// The VM's copy of `OVMF_VARS_4M.fd`.
+    pub vars: PathBuf,
 }
 
 /// Kernel parameters the default guest needs for live changes: hot-added memory onlined
@@ -92,6 +104,9 @@ pub struct Machine<'a> {
     pub accel: Accel,
     /// Free root ports to reserve for hot-plug.
     pub hotplug_ports: u32,
+    /// cloud-init's NoCloud seed (an ISO 9660 image labelled `cidata`), read-only on the
+    /// chipset's SATA controller: never one of the user's disks, never on a hot-plug port.
+    pub seed: Option<&'a Path>,
 }
 
 /// Files of one VM inside its directory.
@@ -244,6 +259,20 @@ pub fn qemu_args(m: &Machine<'_>) -> Vec<String> {
         "-vga",
         "none",
     ]);
+    if let Some(uefi) = m.boot.uefi.as_ref().filter(|_| m.boot.kernel.is_none()) {
+        push(&[
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                path(uefi.code.clone())
+            ),
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                path(uefi.vars.clone())
+            ),
+        ]);
+    }
     if let Some(kernel) = &m.boot.kernel {
         push(&["-kernel", &path(kernel.clone())]);
         if let Some(initrd) = &m.boot.initrd {
@@ -339,6 +368,17 @@ pub fn qemu_args(m: &Machine<'_>) -> Vec<String> {
             ),
         ]);
     }
+    if let Some(seed) = m.seed {
+        push(&[
+            "-drive",
+            &format!(
+                "if=none,id=cidata,media=cdrom,readonly=on,format=raw,file={}",
+                path(seed.to_path_buf())
+            ),
+            "-device",
+            "ide-cd,drive=cidata,bus=ide.0",
+        ]);
+    }
     push(&["-daemonize", "-pidfile", &path(VmFiles::pid(dir))]);
     a
 }
@@ -361,6 +401,7 @@ mod tests {
             kernel: Some("/img/vmlinux".into()),
             initrd: Some("/img/initramfs.cpio.gz".into()),
             cmdline: DEFAULT_CMDLINE.into(),
+            uefi: None,
         };
         let m = Machine {
             name: "default_vm".into(),
@@ -369,6 +410,7 @@ mod tests {
             boot: &boot,
             accel: Accel::Tcg,
             hotplug_ports: 2,
+            seed: None,
         };
         qemu_args(&m).join(" ")
     }
@@ -413,6 +455,7 @@ mod tests {
             kernel: None,
             initrd: None,
             cmdline: String::new(),
+            uefi: None,
         };
         let m = Machine {
             name: "default_vm".into(),
@@ -421,6 +464,7 @@ mod tests {
             boot: &boot,
             accel: Accel::Tcg,
             hotplug_ports: 1,
+            seed: None,
         };
         let a = qemu_args(&m).join(" ");
         assert!(!a.contains("-kernel") && !a.contains("-append"), "{a}");

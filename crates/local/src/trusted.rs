@@ -1,4 +1,4 @@
-//! Host files a spec may name (`source.image`): only from the directories the daemon was told
+//! Host files a spec may name (`source.image`, `boot.kernel`): only from the directories the daemon was told
 //! to trust (`serve --image-root`), and over TCP never without one. An image is read by the
 //! format it has, given to qemu-img explicitly, and refused when it would pull in other files
 //! (a backing file outside the roots, a qcow2 external data file, a `json:` filename).

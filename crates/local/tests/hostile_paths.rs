@@ -62,6 +62,7 @@ fn daemon(home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
             kernel: None,
             initrd: None,
             cmdline: String::new(),
+            uefi: None,
         },
         hotplug_ports: 4,
         force_guest_offline: false,
@@ -69,6 +70,7 @@ fn daemon(home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
         timeouts: LocalTimeouts::default(),
         image_roots: roots,
         event_history: 100,
+        uefi: Default::default(),
     };
     Daemon::new(
         Arc::new(LocalBackend::new(home.clone(), store, options)),

@@ -619,6 +619,8 @@ pub fn config_of(vm: &Value, pvcs: &[Value], desired: &VmConfig) -> VmConfig {
         },
         restart_policy: desired.restart_policy,
         maintenance_window: desired.maintenance_window.clone(),
+        boot: desired.boot.clone(),
+        cloud_init: desired.cloud_init.clone(),
     }
 }
 

@@ -153,10 +153,27 @@ pub enum Action {
         /// Bytes after.
         to: u64,
     },
+    /// Change how the VM boots (firmware or kernel; none: the backend's default).
+    SetBoot {
+        /// Before.
+        from: Option<wukong_api::BootSpec>,
+        /// After.
+        to: Option<wukong_api::BootSpec>,
+    },
+    /// Write new cloud-init data for the guest's next boot.
+    SetCloudInit {
+        /// The data (none: no cloud-init seed).
+        to: Option<wukong_api::CloudInitSpec>,
+    },
     /// Start the VM.
     Start,
     /// Stop the VM.
     Stop,
+}
+
+fn boot_words(b: &Option<wukong_api::BootSpec>) -> String {
+    b.as_ref()
+        .map_or_else(|| "the default".into(), wukong_api::BootSpec::describe)
 }
 
 impl Action {
@@ -178,6 +195,8 @@ impl Action {
             Action::ChangeDisk { to, .. } => format!("disk/{}", to.name),
             Action::AddNic { nic } | Action::RemoveNic { nic } => format!("network/{}", nic.name),
             Action::UpdateNic { to, .. } => format!("network/{}", to.name),
+            Action::SetBoot { .. } => "boot".into(),
+            Action::SetCloudInit { .. } => "cloud-init".into(),
             Action::Start | Action::Stop => "vm".into(),
         }
     }
@@ -212,6 +231,11 @@ impl Action {
             Action::UpdateNic { from, to } => {
                 format!("{} {} -> {} {}", from.source, from.mac, to.source, to.mac)
             }
+            Action::SetBoot { from, to } => format!("{} -> {}", boot_words(from), boot_words(to)),
+            Action::SetCloudInit { to } => match to {
+                Some(_) => "new data for the next boot".into(),
+                None => "no data from the next boot".into(),
+            },
             Action::Start => "start".into(),
             Action::Stop => "stop".into(),
         }
@@ -270,6 +294,15 @@ impl Action {
                 human_bytes(*from),
                 human_bytes(*to)
             ),
+            Action::SetBoot { from, to } => {
+                format!("boot from {} (was {})", boot_words(to), boot_words(from))
+            }
+            Action::SetCloudInit { to: Some(_) } => {
+                "write the new cloud-init data (read by cloud-init at the next boot)".into()
+            }
+            Action::SetCloudInit { to: None } => {
+                "remove the cloud-init data (from the next boot)".into()
+            }
             Action::Start => "start the VM".into(),
             Action::Stop => "stop the VM".into(),
         }
@@ -427,6 +460,7 @@ pub fn plan(
 
     plan_cpu(&mut b, desired, have);
     plan_memory(&mut b, desired, observed);
+    plan_boot(&mut b, desired, have);
 
     for d in &desired.disks {
         let Some(h) = have.disk(&d.name) else {
@@ -628,6 +662,30 @@ fn take_slot(slots: &mut Option<u32>, running: bool) -> Support {
             Support::Live
         }
         _ => Support::Live,
+    }
+}
+
+/// Boot settings change only by a restart; cloud-init data is written at once for the next
+/// boot (cloud-init reads it when the guest boots, never while it runs).
+fn plan_boot(b: &mut Builder<'_>, desired: &VmConfig, have: &VmConfig) {
+    if desired.boot != have.boot {
+        b.push(
+            Action::SetBoot {
+                from: have.boot.clone(),
+                to: desired.boot.clone(),
+            },
+            Support::restart("how the VM boots is fixed while it runs"),
+            "",
+        );
+    }
+    if desired.cloud_init != have.cloud_init {
+        b.push(
+            Action::SetCloudInit {
+                to: desired.cloud_init.clone(),
+            },
+            Support::Live,
+            "takes effect at the next restart (the instance-id stays the VM's uid)",
+        );
     }
 }
 

@@ -110,6 +110,8 @@ pub fn verify(action: &Action, before: &GuestView, after: &GuestView) -> Result<
         }
         Action::SetMaxCpu { .. }
         | Action::SetMaxMemory { .. }
+        | Action::SetBoot { .. }
+        | Action::SetCloudInit { .. }
         | Action::ChangeDisk { .. }
         | Action::Start
         | Action::Stop => Ok(()),

@@ -42,6 +42,8 @@ fn vm() -> VmConfig {
         run_strategy: RunStrategy::Always,
         restart_policy: RestartPolicy::Never,
         maintenance_window: None,
+        boot: None,
+        cloud_init: None,
     }
 }
 

@@ -82,6 +82,8 @@ fn pair() -> impl Strategy<Value = (VmConfig, VmConfig)> {
                     run_strategy: RunStrategy::Always,
                     restart_policy: RestartPolicy::Automatic,
                     maintenance_window: None,
+                    boot: None,
+                    cloud_init: None,
                 };
                 let mut want = VmConfig {
                     cpu: c2,

@@ -56,7 +56,8 @@ impl LocalBackend {
         let src = disk
             .source
             .as_ref()
-            .map(|s| std::path::PathBuf::from(&s.image));
+            .and_then(|s| s.image.as_ref())
+            .map(std::path::PathBuf::from);
         process::ensure_disk_image(&image, disk.size, src.as_deref(), &self.options.image_roots)
             .await?;
         let qmp = self.qmp(vm).await?;

@@ -87,6 +87,8 @@ pub struct LocalOptions {
     pub image_roots: Vec<PathBuf>,
     /// Events kept per VM in the database.
     pub event_history: usize,
+    /// The UEFI firmware for VMs that boot `uefi`.
+    pub uefi: crate::boot::UefiFirmware,
 }
 
 /// The local backend.
@@ -202,7 +204,8 @@ impl LocalBackend {
             let src = d
                 .source
                 .as_ref()
-                .map(|s| std::path::PathBuf::from(&s.image));
+                .and_then(|s| s.image.as_ref())
+                .map(std::path::PathBuf::from);
             process::ensure_disk_image(
                 &VmFiles::disk(&dir, &d.name),
                 d.size,
@@ -211,13 +214,22 @@ impl LocalBackend {
             )
             .await?;
         }
+        let boot = crate::boot::boot_source(
+            &def,
+            &self.options.boot,
+            &dir,
+            &self.options.uefi,
+            &self.options.image_roots,
+        )?;
+        let seed = self.write_seed(vm, def.cloud_init.as_ref()).await?;
         let m = Machine {
             name: format!("{}_{}", vm.namespace, vm.name),
             dir: &dir,
             config: &def,
-            boot: &self.options.boot,
+            boot: &boot,
             accel: self.options.accel,
             hotplug_ports: self.options.hotplug_ports,
+            seed: seed.as_deref(),
         };
         let args = machine::qemu_args(&m);
         let total = machine::root_ports(&m);
@@ -244,6 +256,22 @@ impl LocalBackend {
         // Formats and mounts are planned steps of the operation that started it (the engine
         // plans again once the guest runs), not part of the boot.
         process::wait_for_agent(&dir, self.options.timeouts.boot).await
+    }
+
+    /// Writes (or removes) the VM's cloud-init seed for its next boot.
+    pub(super) async fn write_seed(
+        &self,
+        vm: &VmRef,
+        ci: Option<&wukong_api::CloudInitSpec>,
+    ) -> Result<Option<PathBuf>, BackendError> {
+        let rec = self.record(vm)?;
+        let uid = rec
+            .object
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| vm.to_string());
+        crate::boot::write_seed(&self.dir(vm), &vm.name, &uid, ci).await
     }
 
     /// Stops the VM (guest shutdown, QMP quit, kill).

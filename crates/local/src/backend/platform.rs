@@ -181,7 +181,15 @@ impl Backend for LocalBackend {
             Action::Stop => {
                 self.stop(vm).await?;
             }
-            Action::SetMaxCpu { .. } | Action::SetMaxMemory { .. } | Action::ChangeDisk { .. } => {
+            Action::SetCloudInit { to } => {
+                self.write_seed(vm, to.as_ref()).await?;
+                let to = to.clone();
+                self.update(vm, |r| r.definition.cloud_init = to)?;
+            }
+            Action::SetMaxCpu { .. }
+            | Action::SetMaxMemory { .. }
+            | Action::ChangeDisk { .. }
+            | Action::SetBoot { .. } => {
                 return Err(BackendError::Unsupported {
                     backend: BackendKind::Local,
                     what: format!("{} while running", step.action.describe()),

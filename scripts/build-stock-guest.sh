@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Builds the stock Debian 12 test guest: debootstrap (minbase) with systemd, udev and
-# qemu-guest-agent, the current kernel installed in the chroot from bookworm-security, and a
-# disk laid out like Debian's cloud images (GPT: p14 BIOS boot and p15 EFI at the front, p1
-# root ext4 last). Nothing onlines hot-added CPUs or memory: no udev rules, no
-# memhp_default_state. Built without loop devices (sfdisk on a file, mke2fs -d, mkfs.vfat -C,
-# dd). Needs root (debootstrap, chroot), debootstrap, dosfstools, fdisk, e2fsprogs, qemu-utils.
+# Builds the stock Debian 12 test guest: debootstrap (minbase) with systemd, udev,
+# qemu-guest-agent, cloud-init and openssh-server, the current kernel installed in the chroot
+# from bookworm-security, and a disk laid out like Debian's cloud images (GPT: p14 BIOS boot
+# and p15 EFI at the front, p1 root ext4 last). The EFI partition makes it bootable by UEFI
+# alone: a standalone GRUB at the removable-media path /EFI/BOOT/BOOTX64.EFI (a fresh
+# variable store has no boot entries) whose embedded grub.cfg boots the kernel and initrd
+# beside it. Nothing onlines hot-added CPUs or memory: no udev rules, no memhp_default_state.
+# Built without loop devices (sfdisk on a file, mke2fs -d, mkfs.vfat -C, mtools, dd). Needs
+# root (debootstrap, chroot), debootstrap, dosfstools, mtools, fdisk, e2fsprogs, qemu-utils,
+# grub-efi-amd64-bin (grub-mkstandalone).
 #
 # Usage: build-stock-guest.sh OUTDIR
 # Writes OUTDIR/vmlinux, OUTDIR/initrd.img, OUTDIR/disk.qcow2, OUTDIR/cmdline and
@@ -15,11 +19,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 packages=systemd-sysv,udev,qemu-guest-agent,e2fsprogs,xfsprogs,lvm2,cloud-guest-utils,util-linux,fdisk,iproute2,procps,initramfs-tools
+# Installed by apt in the chroot (debootstrap's --include does not resolve their dependencies).
+chroot_packages="cloud-init openssh-server"
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 [ -n "$kpkg" ] || { echo "cannot resolve linux-image-amd64 (run 'apt-get update' first)" >&2; exit 1; }
 kver=${kpkg#linux-image-}
 kdeb=$(apt-cache policy "$kpkg" | awk '/Candidate:/ { print $2; exit }')
-inputs=$(printf '%s\n' "$kpkg $kdeb" "$packages" "$(sha256sum "$0" | awk '{ print $1 }')")
+inputs=$(printf '%s\n' "$kpkg $kdeb" "$packages $chroot_packages" "$(sha256sum "$0" | awk '{ print $1 }')")
 if [ -f "$out/inputs" ] && [ "$(cat "$out/inputs")" = "$inputs" ] \
     && [ -f "$out/vmlinux" ] && [ -f "$out/initrd.img" ] && [ -f "$out/disk.qcow2" ]; then
     echo "stock guest up to date in $out"
@@ -57,7 +63,7 @@ mount --bind /dev "$root/dev"
 mount --bind /dev/pts "$root/dev/pts"
 t1=$SECONDS
 chroot "$root" env DEBIAN_FRONTEND=noninteractive sh -c \
-    "apt-get update -qq && apt-get install -y -qq --no-install-recommends $kpkg >/dev/null && apt-get clean" \
+    "apt-get update -qq && apt-get install -y -qq --no-install-recommends $kpkg $chroot_packages >/dev/null && apt-get clean" \
     >"$work/kernel.log" 2>&1 || { tail -n 30 "$work/kernel.log" >&2; exit 1; }
 for m in dev/pts dev sys proc; do umount "$root/$m"; done
 rm -rf "$root"/var/lib/apt/lists/*
@@ -74,7 +80,18 @@ bz="$root/boot/vmlinuz-$kver"
 offset=$(grep -abo $'\xfd7zXZ\x00' "$bz" | head -n1 | cut -d: -f1)
 tail -c +$((offset + 1)) "$bz" | xz -dc 2>/dev/null >"$work/vmlinux" || true
 [ -s "$work/vmlinux" ] || { echo "could not extract vmlinux from $bz" >&2; exit 1; }
+cp "$bz" "$work/vmlinuz"
 rm -rf "$root/boot"/*
+
+# UEFI: GRUB with its configuration inside, finding the kernel on the EFI partition itself.
+cat >"$work/grub.cfg" <<'GRUB'
+set timeout=0
+search --no-floppy --file --set=root /vmlinuz
+linux /vmlinuz root=LABEL=root ro console=ttyS0
+initrd /initrd.img
+boot
+GRUB
+grub-mkstandalone -O x86_64-efi -o "$work/BOOTX64.EFI" "boot/grub/grub.cfg=$work/grub.cfg"
 
 # The cloud-image layout: p14 (BIOS boot) and p15 (EFI) first, p1 (root) last.
 disk_mib=2048 root_start=262144
@@ -87,6 +104,10 @@ disk.raw1 : start=$root_start, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4
 EOF
 root_sectors=$(sfdisk -l -o Device,Sectors "$work/disk.raw" | awk '$1 ~ /raw1$/ { print $2 }')
 mkfs.vfat -n EFI -C "$work/esp.img" $((253952 / 2)) >/dev/null
+mmd -i "$work/esp.img" ::/EFI ::/EFI/BOOT
+mcopy -i "$work/esp.img" "$work/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+mcopy -i "$work/esp.img" "$work/vmlinuz" ::/vmlinuz
+mcopy -i "$work/esp.img" "$work/initrd.img" ::/initrd.img
 dd if="$work/esp.img" of="$work/disk.raw" bs=512 seek=8192 conv=notrunc,sparse status=none
 mke2fs -q -t ext4 -L root -d "$root" "$work/root.img" $((root_sectors / 2))k
 dd if="$work/root.img" of="$work/disk.raw" bs=1M oflag=seek_bytes seek=$((root_start * 512)) conv=notrunc,sparse status=none

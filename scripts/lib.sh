@@ -64,7 +64,8 @@ ensure_vm_packages() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             -t bookworm-backports qemu-system-x86 qemu-utils
     fi
-    ensure_host_packages busybox-static cpio kmod e2fsprogs xz-utils
+    # ovmf: UEFI for `boot.firmware: uefi`; genisoimage: cloud-init seeds.
+    ensure_host_packages busybox-static cpio kmod e2fsprogs xz-utils ovmf genisoimage
     # The guest image is built from package files: the lists must know the kernel.
     if ! apt-cache depends linux-image-amd64 2>/dev/null | grep -q 'Depends: linux-image-[0-9]'; then
         as_root apt-get update -qq
@@ -73,5 +74,5 @@ ensure_vm_packages() {
 
 # What the stock Debian test guest's build needs (scripts/build-stock-guest.sh). Idempotent.
 ensure_stock_guest_packages() {
-    ensure_host_packages debootstrap dosfstools fdisk e2fsprogs xz-utils
+    ensure_host_packages debootstrap dosfstools fdisk e2fsprogs xz-utils grub-efi-amd64-bin mtools
 }

@@ -1,10 +1,13 @@
-//! What a `Wukong` becomes on a cluster: one KubeVirt `VirtualMachine` and one PVC per disk.
+//! What a `Wukong` becomes on a cluster: one KubeVirt `VirtualMachine` (with a DataVolume
+//! template per disk imported from a source, a cloud-init volume, its firmware) and one PVC
+//! per blank disk.
 //! The same code serves `wukong render` and the operator.
 
 use serde_json::{Value, json};
 use wukong_api::quantity::{GIB, MIB, format_bytes};
 use wukong_api::{
-    DiskBus, DiskConfig, NetworkSource, NicConfig, NicModel, RunStrategy, VmConfig, VolumeMode,
+    DiskBus, DiskConfig, Firmware, NetworkSource, NicConfig, NicModel, RunStrategy, VmConfig,
+    VolumeMode,
 };
 
 /// Label put on everything Wukong renders: the owning Wukong's name.
@@ -19,7 +22,8 @@ pub const DEFAULT_FILESYSTEM_OVERHEAD: f64 = 0.055;
 pub struct Rendered {
     /// The `kubevirt.io/v1` `VirtualMachine`.
     pub vm: Value,
-    /// One `PersistentVolumeClaim` per disk, in disk order.
+    /// One `PersistentVolumeClaim` per blank disk, in disk order (a disk with a source gets
+    /// its PVC from its DataVolume template).
     pub pvcs: Vec<Value>,
 }
 
@@ -57,14 +61,87 @@ pub fn disk_entry(d: &DiskConfig) -> Value {
     json!({"name": d.name, "serial": d.name, "disk": {"bus": bus}})
 }
 
-/// The `volumes[]` entry of a disk: its PVC, hot-pluggable unless it is the boot disk or
-/// marked otherwise.
+/// The `volumes[]` entry of a disk: its PVC (a DataVolume's, for a disk imported from a
+/// source), hot-pluggable unless it is the boot disk or marked otherwise.
 pub fn volume_entry(vm: &str, d: &DiskConfig) -> Value {
-    let mut pvc = json!({"claimName": pvc_name(vm, &d.name)});
+    let (kind, mut source) = if d.source.is_some() {
+        ("dataVolume", json!({"name": pvc_name(vm, &d.name)}))
+    } else {
+        (
+            "persistentVolumeClaim",
+            json!({"claimName": pvc_name(vm, &d.name)}),
+        )
+    };
     if d.hotpluggable {
-        pvc["hotpluggable"] = json!(true);
+        source["hotpluggable"] = json!(true);
     }
-    json!({"name": d.name, "persistentVolumeClaim": pvc})
+    json!({"name": d.name, kind: source})
+}
+
+fn storage_spec(d: &DiskConfig) -> Value {
+    let mut spec = json!({
+        // ReadWriteMany keeps the VM live-migratable, which KubeVirt's CPU and memory hotplug
+        // need.
+        "accessModes": ["ReadWriteMany"],
+        "volumeMode": match d.volume_mode.unwrap_or(VolumeMode::Block) {
+            VolumeMode::Block => "Block",
+            VolumeMode::Filesystem => "Filesystem",
+        },
+        "resources": {"requests": {"storage": quantity(d.size)}},
+    });
+    if let Some(sc) = &d.storage_class {
+        spec["storageClassName"] = json!(sc);
+    }
+    spec
+}
+
+/// The `dataVolumeTemplates[]` entry of a disk imported from a source (CDI: http, registry,
+/// or a clone of a PVC of the VM's own namespace); `None` for a blank disk.
+pub fn data_volume_template(vm: &str, namespace: &str, d: &DiskConfig) -> Option<Value> {
+    let s = d.source.as_ref()?;
+    let source = if let Some(h) = &s.http {
+        json!({"http": {"url": h.url}})
+    } else if let Some(r) = &s.registry {
+        json!({"registry": {"url": r.url}})
+    } else if let Some(p) = &s.pvc {
+        json!({"pvc": {"namespace": namespace, "name": p.name}})
+    } else {
+        return None;
+    };
+    Some(json!({
+        "metadata": {"name": pvc_name(vm, &d.name), "labels": labels(vm)},
+        "spec": {"source": source, "storage": storage_spec(d)},
+    }))
+}
+
+/// The cloud-init volume's name (its disk is a CD-ROM: never one of the user's disks).
+pub const CLOUD_INIT_VOLUME: &str = "cloudinit";
+
+fn cloud_init_volume(c: &VmConfig) -> Option<Value> {
+    let ci = c.cloud_init.as_ref()?;
+    let mut src = serde_json::Map::new();
+    if let Some(u) = &ci.user_data {
+        src.insert("userData".into(), json!(u));
+    }
+    if let Some(n) = &ci.network_data {
+        src.insert("networkData".into(), json!(n));
+    }
+    if let Some(r) = &ci.secret_ref {
+        src.insert("secretRef".into(), json!({"name": r.name}));
+    }
+    if let Some(r) = &ci.network_data_secret_ref {
+        src.insert("networkDataSecretRef".into(), json!({"name": r.name}));
+    }
+    Some(json!({"name": CLOUD_INIT_VOLUME, "cloudInitNoCloud": src}))
+}
+
+/// `domain.firmware`: BIOS, or EFI with secure boot off (KubeVirt's default is on, which
+/// needs SMM, and an unsigned loader would not boot); none for the default.
+fn firmware(c: &VmConfig) -> Option<Value> {
+    match c.boot.as_ref()?.firmware? {
+        Firmware::Bios => Some(json!({"bootloader": {"bios": {}}})),
+        Firmware::Uefi => Some(json!({"bootloader": {"efi": {"secureBoot": false}}})),
+    }
 }
 
 /// The `domain.devices.interfaces[]` entry of a NIC: masquerade on the pod network, bridge on
@@ -103,35 +180,33 @@ pub fn memory_entry(c: &VmConfig) -> Value {
 pub fn template_spec(vm: &str, c: &VmConfig) -> Value {
     let mut disks: Vec<&DiskConfig> = c.disks.iter().collect();
     disks.sort_by_key(|d| !d.boot);
-    json!({
+    let mut disk_entries: Vec<Value> = disks.iter().map(|d| disk_entry(d)).collect();
+    let mut volumes: Vec<Value> = disks.iter().map(|d| volume_entry(vm, d)).collect();
+    if let Some(v) = cloud_init_volume(c) {
+        disk_entries.push(json!({"name": CLOUD_INIT_VOLUME, "cdrom": {"bus": "sata"}}));
+        volumes.push(v);
+    }
+    let mut spec = json!({
         "domain": {
             "cpu": {"sockets": c.cpu, "cores": 1, "threads": 1, "maxSockets": c.max_cpu},
             "memory": memory_entry(c),
             "devices": {
-                "disks": disks.iter().map(|d| disk_entry(d)).collect::<Vec<_>>(),
+                "disks": disk_entries,
                 "interfaces": c.networks.iter().map(interface_entry).collect::<Vec<_>>(),
             },
         },
         "networks": c.networks.iter().map(network_entry).collect::<Vec<_>>(),
-        "volumes": disks.iter().map(|d| volume_entry(vm, d)).collect::<Vec<_>>(),
-    })
+        "volumes": volumes,
+    });
+    if let Some(f) = firmware(c) {
+        spec["domain"]["firmware"] = f;
+    }
+    spec
 }
 
-/// The PVC of a disk.
+/// The PVC of a blank disk.
 pub fn pvc(vm: &str, namespace: &str, d: &DiskConfig) -> Value {
-    let mut spec = json!({
-        // ReadWriteMany keeps the VM live-migratable, which KubeVirt's CPU and memory hotplug
-        // need.
-        "accessModes": ["ReadWriteMany"],
-        "volumeMode": match d.volume_mode.unwrap_or(VolumeMode::Block) {
-            VolumeMode::Block => "Block",
-            VolumeMode::Filesystem => "Filesystem",
-        },
-        "resources": {"requests": {"storage": quantity(d.size)}},
-    });
-    if let Some(sc) = &d.storage_class {
-        spec["storageClassName"] = json!(sc);
-    }
+    let spec = storage_spec(d);
     json!({
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -142,7 +217,7 @@ pub fn pvc(vm: &str, namespace: &str, d: &DiskConfig) -> Value {
 
 /// Renders the objects of VM `vm` in `namespace` with configuration `c`.
 pub fn render(vm: &str, namespace: &str, c: &VmConfig) -> Rendered {
-    let object = json!({
+    let mut object = json!({
         "apiVersion": "kubevirt.io/v1",
         "kind": "VirtualMachine",
         "metadata": {"name": vm, "namespace": namespace, "labels": labels(vm)},
@@ -154,9 +229,23 @@ pub fn render(vm: &str, namespace: &str, c: &VmConfig) -> Rendered {
             },
         },
     });
+    let templates: Vec<Value> = c
+        .disks
+        .iter()
+        .filter_map(|d| data_volume_template(vm, namespace, d))
+        .collect();
+    if !templates.is_empty() {
+        object["spec"]["dataVolumeTemplates"] = json!(templates);
+    }
     Rendered {
         vm: object,
-        pvcs: c.disks.iter().map(|d| pvc(vm, namespace, d)).collect(),
+        // A disk imported from a source gets its PVC from CDI (its DataVolume).
+        pvcs: c
+            .disks
+            .iter()
+            .filter(|d| d.source.is_none())
+            .map(|d| pvc(vm, namespace, d))
+            .collect(),
     }
 }
 

@@ -397,3 +397,70 @@ fn nic_unplug_and_held_back_restart_edits() {
     stale["spec"]["template"]["spec"]["domain"]["cpu"]["sockets"] = json!(3);
     assert!(apply_patches(&stale, &e).is_err());
 }
+
+#[test]
+fn a_cloud_image_renders_to_a_data_volume_cloud_init_and_efi_that_kubevirt_accepts() {
+    let s = swagger();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/cloud-image-kubevirt.yaml"
+    ))
+    .unwrap();
+    let doc = parse_documents(&text).unwrap().remove(0);
+    let spec: wukong_api::WukongSpec = serde_json::from_value(doc.raw_spec.clone()).unwrap();
+    wukong_api::validate::validate_for_backend(&spec, BackendKind::Kubevirt).unwrap();
+    let (config, _) = resolve_new(
+        "debian-cloud",
+        &spec,
+        BackendKind::Kubevirt,
+        HostLimits::UNLIMITED,
+    )
+    .unwrap();
+    let r = render("debian-cloud", "default", &config);
+    assert_eq!(vm_problems(&s, &r.vm), Vec::<String>::new());
+    // The disk comes from its DataVolume (CDI makes the PVC), nothing else makes one.
+    assert!(r.pvcs.is_empty(), "{:?}", r.pvcs);
+    let dv = &r.vm["spec"]["dataVolumeTemplates"][0];
+    assert_eq!(dv["metadata"]["name"], "debian-cloud-system");
+    assert_eq!(
+        dv["spec"]["source"]["http"]["url"],
+        spec.disks.as_ref().unwrap()[0]
+            .source
+            .as_ref()
+            .unwrap()
+            .http
+            .as_ref()
+            .unwrap()
+            .url
+    );
+    assert_eq!(
+        dv["spec"]["storage"]["resources"]["requests"]["storage"],
+        "10Gi"
+    );
+    let t = &r.vm["spec"]["template"]["spec"];
+    assert_eq!(t["volumes"][0]["dataVolume"]["name"], "debian-cloud-system");
+    assert_eq!(
+        t["domain"]["firmware"]["bootloader"]["efi"]["secureBoot"], false,
+        "KubeVirt's default secure boot needs SMM and a signed loader"
+    );
+    let ci = t["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v.get("cloudInitNoCloud").is_some())
+        .expect("a cloud-init volume");
+    assert!(
+        ci["cloudInitNoCloud"]["userData"]
+            .as_str()
+            .unwrap()
+            .starts_with("#cloud-config")
+    );
+    // Its disk is a CD-ROM, not one of the user's disks.
+    let disks = t["domain"]["devices"]["disks"].as_array().unwrap();
+    assert!(
+        disks
+            .iter()
+            .any(|d| d["name"] == ci["name"] && d.get("cdrom").is_some())
+    );
+    insta::assert_snapshot!("cloud-image-kubevirt.yaml", yaml(&r.vm));
+}

@@ -407,7 +407,11 @@ pub fn resolve(vm: &str, spec: &WukongSpec, pinned: &Pinned) -> Result<VmConfig,
         run_strategy: spec.run_strategy.unwrap_or_default(),
         restart_policy: spec.restart_policy.unwrap_or_default(),
         maintenance_window: spec.maintenance_window.clone(),
-        boot: spec.boot.clone(),
+        // An empty `boot: {}` says nothing: the backend's default, as no `boot` at all.
+        boot: spec
+            .boot
+            .clone()
+            .filter(|b| b.firmware.is_some() || b.kernel.is_some()),
         cloud_init: spec.cloud_init.clone(),
     })
 }

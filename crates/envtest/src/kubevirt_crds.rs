@@ -85,25 +85,54 @@ fn convert(defs: &Value, schema: &Value, seen: &mut Vec<String>) -> Value {
 }
 
 fn crd(defs: &Value, kind: &str, plural: &str, status: bool) -> Value {
-    let mut schema = convert(defs, &defs[format!("v1.{kind}")], &mut Vec::new());
+    let schema = convert(defs, &defs[format!("v1.{kind}")], &mut Vec::new());
+    crd_of("kubevirt.io", "v1", kind, plural, schema, status)
+}
+
+fn crd_of(
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    mut schema: Value,
+    status: bool,
+) -> Value {
     schema["properties"]["metadata"] = json!({"type": "object"});
-    let mut version = json!({"name": "v1", "served": true, "storage": true,
-                             "schema": {"openAPIV3Schema": schema}});
+    let mut v = json!({"name": version, "served": true, "storage": true,
+                       "schema": {"openAPIV3Schema": schema}});
     if status {
-        version["subresources"] = json!({"status": {}});
+        v["subresources"] = json!({"status": {}});
     }
     json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("{plural}.kubevirt.io")},
-        "spec": {"group": "kubevirt.io", "scope": "Namespaced",
+        "metadata": {"name": format!("{plural}.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
                  "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(),
                            "listKind": format!("{kind}List")},
-                 "versions": [version]},
+                 "versions": [v]},
     })
 }
 
-/// The VirtualMachine (status subresource), VirtualMachineInstance (none, as KubeVirt's)
-/// and KubeVirt CRDs.
+/// CDI's DataVolume: its spec from KubeVirt's swagger (which embeds it in DataVolume
+/// templates); the swagger has no status, which is kept as written.
+fn data_volume(defs: &Value) -> Value {
+    let spec = convert(defs, &defs["v1beta1.DataVolumeSpec"], &mut Vec::new());
+    let schema = json!({"type": "object", "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+        "spec": spec,
+        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}});
+    crd_of(
+        "cdi.kubevirt.io",
+        "v1beta1",
+        "DataVolume",
+        "datavolumes",
+        schema,
+        true,
+    )
+}
+
+/// The VirtualMachine (status subresource), VirtualMachineInstance (none, as KubeVirt's),
+/// KubeVirt and CDI's DataVolume CRDs.
 pub fn crds() -> Vec<Value> {
     let swagger = swagger();
     let defs = &swagger["definitions"];
@@ -116,5 +145,6 @@ pub fn crds() -> Vec<Value> {
             false,
         ),
         crd(defs, "KubeVirt", "kubevirts", true),
+        data_volume(defs),
     ]
 }

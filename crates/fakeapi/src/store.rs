@@ -158,6 +158,16 @@ pub static KINDS: &[Kind] = &[
         false,
         true
     ),
+    // CDI's DataVolume (KubeVirt's swagger holds its spec).
+    kind!(
+        "cdi.kubevirt.io",
+        "v1beta1",
+        "datavolumes",
+        "DataVolume",
+        true,
+        true,
+        true
+    ),
     kind!("", "v1", "nodes", "Node", false, true, false),
     kind!("", "v1", "services", "Service", true, true, false),
     kind!(
@@ -670,6 +680,12 @@ impl Store {
                 errors.extend(self.kubevirt.validate("v1.VirtualMachineInstance", new))
             }
             "KubeVirt" => errors.extend(self.kubevirt.validate("v1.KubeVirt", new)),
+            "DataVolume" => errors.extend(
+                self.kubevirt
+                    .validate("v1beta1.DataVolumeSpec", &new["spec"])
+                    .into_iter()
+                    .map(|e| format!("spec: {e}")),
+            ),
             "PersistentVolumeClaim" => errors.extend(pvc_rules(new, old)),
             "CustomResourceDefinition" => {
                 for v in new["spec"]["versions"].as_array().into_iter().flatten() {

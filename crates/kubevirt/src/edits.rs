@@ -11,8 +11,8 @@ use wukong_api::quantity::format_bytes;
 use wukong_planner::{Action, Mode, Plan};
 
 use crate::render::{
-    disk_entry, interface_entry, network_entry, pvc, pvc_name, run_strategy, template_spec,
-    volume_entry,
+    CLOUD_INIT_VOLUME, cloud_init_disk, cloud_init_volume, disk_entry, interface_entry,
+    network_entry, pvc, pvc_name, run_strategy, template_spec, volume_entry,
 };
 
 /// One edit of the cluster.
@@ -159,11 +159,32 @@ pub fn edits(
                 json!(run_strategy(desired.run_strategy)),
             ))),
             Action::Stop => out.push(Edit::PatchVm(guarded_replace(current, "/spec/runStrategy", json!("Halted")))),
+            // New data in the template; KubeVirt gives it to the guest at the next start.
+            Action::SetCloudInit { .. } => {
+                let volumes = format!("{TEMPLATE}/volumes");
+                let at = current.pointer(&volumes).and_then(|l| index_of(l, CLOUD_INIT_VOLUME));
+                let ops = match (at, cloud_init_volume(desired)) {
+                    (Some(i), Some(v)) => guarded_replace(current, &format!("{volumes}/{i}"), v),
+                    (Some(_), None) => {
+                        let mut ops = guarded_remove(current, &format!("{DEVICES}/disks"), CLOUD_INIT_VOLUME);
+                        ops.extend(guarded_remove(current, &volumes, CLOUD_INIT_VOLUME));
+                        ops
+                    }
+                    (None, Some(v)) => vec![
+                        json!({"op": "add", "path": format!("{DEVICES}/disks/-"), "value": cloud_init_disk()}),
+                        json!({"op": "add", "path": format!("{volumes}/-"), "value": v}),
+                    ],
+                    (None, None) => vec![],
+                };
+                if !ops.is_empty() {
+                    out.push(Edit::PatchVm(ops));
+                }
+            }
+            // Restart-only: the restart writes the whole template.
             Action::SetMaxCpu { .. }
             | Action::SetMaxMemory { .. }
             | Action::ChangeDisk { .. }
-            | Action::SetBoot { .. }
-            | Action::SetCloudInit { .. } => {}
+            | Action::SetBoot { .. } => {}
         }
     }
     if let Ok(next) = apply_patches(&current, &out[applied..]) {

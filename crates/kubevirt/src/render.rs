@@ -117,7 +117,63 @@ pub fn data_volume_template(vm: &str, namespace: &str, d: &DiskConfig) -> Option
 /// The cloud-init volume's name (its disk is a CD-ROM: never one of the user's disks).
 pub const CLOUD_INIT_VOLUME: &str = "cloudinit";
 
-fn cloud_init_volume(c: &VmConfig) -> Option<Value> {
+/// The PVC behind a template volume: its claim, or its DataVolume's (same name).
+pub fn volume_claim(volume: &Value) -> Option<&str> {
+    volume["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .or(volume["dataVolume"]["name"].as_str())
+}
+
+/// Whether a template volume is hot-pluggable.
+pub fn volume_hotpluggable(volume: &Value) -> bool {
+    volume["persistentVolumeClaim"]["hotpluggable"] == true
+        || volume["dataVolume"]["hotpluggable"] == true
+}
+
+/// The cloud-init volume's disk entry (a CD-ROM).
+pub fn cloud_init_disk() -> Value {
+    json!({"name": CLOUD_INIT_VOLUME, "cdrom": {"bus": "sata"}})
+}
+
+/// The boot settings a template spec shows (its firmware).
+pub fn observed_boot(template: &Value) -> Option<wukong_api::BootSpec> {
+    let b = &template["domain"]["firmware"]["bootloader"];
+    let firmware = if b.get("efi").is_some() {
+        Firmware::Uefi
+    } else if b.get("bios").is_some() {
+        Firmware::Bios
+    } else {
+        return None;
+    };
+    Some(wukong_api::BootSpec {
+        firmware: Some(firmware),
+        kernel: None,
+    })
+}
+
+/// The cloud-init data a template spec holds.
+pub fn observed_cloud_init(template: &Value) -> Option<wukong_api::CloudInitSpec> {
+    let v = template["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == CLOUD_INIT_VOLUME)?;
+    let src = &v["cloudInitNoCloud"];
+    let text = |k: &str| src[k].as_str().map(String::from);
+    let secret = |k: &str| {
+        src[k]["name"].as_str().map(|n| wukong_api::LocalRef {
+            name: n.to_string(),
+        })
+    };
+    Some(wukong_api::CloudInitSpec {
+        user_data: text("userData"),
+        network_data: text("networkData"),
+        secret_ref: secret("secretRef"),
+        network_data_secret_ref: secret("networkDataSecretRef"),
+    })
+}
+
+/// The cloud-init volume of `c`, if it has cloud-init data.
+pub fn cloud_init_volume(c: &VmConfig) -> Option<Value> {
     let ci = c.cloud_init.as_ref()?;
     let mut src = serde_json::Map::new();
     if let Some(u) = &ci.user_data {
@@ -183,7 +239,7 @@ pub fn template_spec(vm: &str, c: &VmConfig) -> Value {
     let mut disk_entries: Vec<Value> = disks.iter().map(|d| disk_entry(d)).collect();
     let mut volumes: Vec<Value> = disks.iter().map(|d| volume_entry(vm, d)).collect();
     if let Some(v) = cloud_init_volume(c) {
-        disk_entries.push(json!({"name": CLOUD_INIT_VOLUME, "cdrom": {"bus": "sata"}}));
+        disk_entries.push(cloud_init_disk());
         volumes.push(v);
     }
     let mut spec = json!({

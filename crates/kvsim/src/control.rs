@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::guest::{Fs, device};
-use crate::objects::{POD, PVC, Res, VM, VMI};
+use crate::objects::{DV, POD, PVC, Res, VM, VMI};
 use crate::{NODE, Sim, Work, claim, hotpluggable, key, launcher, named};
 use wukong_fakeapi::quantity::{bytes, format};
 
@@ -80,6 +80,7 @@ pub(crate) fn spawn(
                     "VirtualMachine" => Work::Vm(ns, name),
                     "VirtualMachineInstance" if deleted => Work::Vm(ns, name),
                     "PersistentVolumeClaim" if !deleted => Work::Pvc(ns, name),
+                    "DataVolume" if !deleted => Work::Dv(ns, name),
                     "Pod"
                         if !deleted
                             && object["metadata"].get("deletionTimestamp").is_some()
@@ -93,7 +94,7 @@ pub(crate) fn spawn(
             }
         })
     };
-    let mut tasks = vec![watch(VM), watch(VMI), watch(PVC), watch(POD)];
+    let mut tasks = vec![watch(VM), watch(VMI), watch(PVC), watch(POD), watch(DV)];
     if let Some(period) = resync {
         let timer = sim.clone();
         tasks.push(tokio::spawn(async move {
@@ -135,11 +136,16 @@ impl Sim {
                     self.reconcile(&ns, &vm).await;
                 }
             }
+            Work::Dv(ns, name) => self.import(&ns, &name).await,
             // The kubelet has stopped the pod's containers: the pod goes at once.
             Work::PodGone(ns, name) => {
                 let _ = self.objects.delete_now(POD, &ns, &name).await;
             }
             Work::All => {
+                for dv in self.objects.list(DV).await.unwrap_or_default() {
+                    let (ns, name) = key(&dv);
+                    self.import(&ns, &name).await;
+                }
                 for pvc in self.objects.list(PVC).await.unwrap_or_default() {
                     self.bind_and_resize(&pvc).await;
                 }
@@ -226,6 +232,7 @@ impl Sim {
             }
             Err(_) => return,
         };
+        self.ensure_data_volumes(ns, &vm).await;
         let want = vm["metadata"].get("deletionTimestamp").is_none()
             && match vm["spec"]["runStrategy"].as_str() {
                 Some("Always" | "RerunOnFailure") => true,

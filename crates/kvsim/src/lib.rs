@@ -15,6 +15,7 @@
 //! the `APIService` with its `ExternalName` Service, a Node) and returns a handle for faults.
 #![forbid(unsafe_code)]
 
+mod cdi;
 mod control;
 mod guest;
 mod objects;
@@ -51,6 +52,11 @@ pub struct Faults {
     pub refuse_restart: bool,
     /// The guest agent refuses `guest-exec` (a locked-down agent policy).
     pub agent_blocks_exec: bool,
+    /// DataVolumes whose import never gets anywhere (a URL that does not answer): CDI leaves
+    /// them ImportInProgress with progress `N/A` while the importer pod restarts.
+    pub import_stuck: HashSet<String>,
+    /// DataVolumes whose import stops halfway (ImportInProgress, 47.00%) until taken out.
+    pub import_held: HashSet<String>,
 }
 
 /// What a controller worker is asked to look at.
@@ -62,6 +68,8 @@ enum Work {
     Pvc(String, String),
     /// The pod `(namespace, name)` on this node, being deleted.
     PodGone(String, String),
+    /// The DataVolume `(namespace, name)` (CDI's importer).
+    Dv(String, String),
     /// Every PVC and VM.
     All,
 }
@@ -118,9 +126,10 @@ impl Sim {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         match &w {
-            Work::Vm(ns, name) | Work::Pvc(ns, name) | Work::PodGone(ns, name) => {
-                (ns, name).hash(&mut h)
-            }
+            Work::Vm(ns, name)
+            | Work::Pvc(ns, name)
+            | Work::PodGone(ns, name)
+            | Work::Dv(ns, name) => (ns, name).hash(&mut h),
             Work::All => {}
         }
         let _ = self.shards[h.finish() as usize % self.shards.len()].send(w);
@@ -318,12 +327,16 @@ pub(crate) fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
     list.as_array()?.iter().find(|x| x["name"] == name)
 }
 
+/// The PVC behind a volume: its claim, or its DataVolume's (which has the same name).
 pub(crate) fn claim(volume: &Value) -> Option<&str> {
-    volume["persistentVolumeClaim"]["claimName"].as_str()
+    volume["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .or(volume["dataVolume"]["name"].as_str())
 }
 
 pub(crate) fn hotpluggable(volume: &Value) -> bool {
     volume["persistentVolumeClaim"]["hotpluggable"] == true
+        || volume["dataVolume"]["hotpluggable"] == true
 }
 
 pub(crate) fn launcher(vm: &str) -> String {

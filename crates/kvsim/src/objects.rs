@@ -54,6 +54,14 @@ res!(
     true
 );
 res!(POD, "", "v1", "Pod", "pods", true);
+res!(
+    DV,
+    "cdi.kubevirt.io",
+    "v1beta1",
+    "DataVolume",
+    "datavolumes",
+    true
+);
 res!(NODE_RES, "", "v1", "Node", "nodes", false);
 res!(SERVICE, "", "v1", "Service", "services", true);
 res!(NAMESPACE, "", "v1", "Namespace", "namespaces", false);

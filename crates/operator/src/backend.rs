@@ -25,6 +25,21 @@ use wukong_planner::{Action, Capabilities, GuestDiskView, GuestView, Observed, P
 use crate::guest::Guest;
 use crate::writes;
 
+/// Importer restarts without progress after which an import counts as failed (CDI backs off
+/// 10 s, 20 s, 40 s…: about a minute).
+pub const IMPORT_RESTARTS: u64 = 3;
+
+/// Where the imports of a VM's disks stand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Imports {
+    /// Every disk with a source is imported (or there is none).
+    Done,
+    /// Some are on their way: what each is doing.
+    Pending(String),
+    /// One failed, with the reason.
+    Failed(String),
+}
+
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
@@ -49,6 +64,10 @@ pub fn kubevirt_resource() -> ApiResource {
 /// `v1` `PersistentVolumeClaim`.
 pub fn pvc_resource() -> ApiResource {
     resource("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+}
+/// `cdi.kubevirt.io/v1beta1` `DataVolume`.
+pub fn dv_resource() -> ApiResource {
+    resource("cdi.kubevirt.io", "v1beta1", "DataVolume", "datavolumes")
 }
 /// `storage.k8s.io/v1` `StorageClass`.
 pub fn storage_class_resource() -> ApiResource {
@@ -230,13 +249,85 @@ impl KubevirtBackend {
             .map_err(|e| api_error(&format!("{} {ns}/{name}", ar.kind), e))
     }
 
+    /// Where the imports of the VM's disks that have a source stand (CDI's DataVolumes, by
+    /// GET). A disk whose PVC is bound counts as imported whether or not its DataVolume is
+    /// still there.
+    pub async fn imports(&self, vm: &VmRef, desired: &VmConfig) -> Result<Imports, BackendError> {
+        let mut pending = Vec::new();
+        for d in desired.disks.iter().filter(|d| d.source.is_some()) {
+            let name = pvc_name(&vm.name, &d.name);
+            let dv = match self.get(&dv_resource(), &vm.namespace, &name).await {
+                Ok(dv) => dv,
+                // No CDI on this cluster: nothing imports the disk.
+                Err(BackendError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            let Some(dv) = dv else {
+                let bound = self
+                    .get(&pvc_resource(), &vm.namespace, &name)
+                    .await?
+                    .is_some_and(|p| p["status"]["phase"] == "Bound");
+                if !bound {
+                    pending.push(format!(
+                        "disk {}: waiting for its DataVolume {name} (is CDI installed?)",
+                        d.name
+                    ));
+                }
+                continue;
+            };
+            let status = &dv["status"];
+            let phase = status["phase"].as_str().unwrap_or("Pending");
+            let progress = status["progress"].as_str().unwrap_or("N/A");
+            let restarts = status["restartCount"].as_u64().unwrap_or(0);
+            let reason = || {
+                status["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| c["message"].as_str().filter(|m| !m.is_empty()))
+                    .unwrap_or("no reason given")
+                    .to_string()
+            };
+            let source = d
+                .source
+                .as_ref()
+                .and_then(|s| s.describe())
+                .unwrap_or_default();
+            match phase {
+                "Succeeded" => {}
+                "Failed" => {
+                    return Ok(Imports::Failed(format!(
+                        "disk {}: the import from {source} failed: {}",
+                        d.name,
+                        reason()
+                    )));
+                }
+                // CDI never marks an import that cannot reach its source Failed: its importer
+                // restarts with no progress, for ever.
+                _ if restarts >= IMPORT_RESTARTS && !progress.ends_with('%') => {
+                    return Ok(Imports::Failed(format!(
+                        "disk {}: the import from {source} is not getting anywhere (importer restarted {restarts} times, progress {progress}): {}",
+                        d.name,
+                        reason()
+                    )));
+                }
+                _ => pending.push(format!("disk {}: {phase} {progress}", d.name)),
+            }
+        }
+        Ok(if pending.is_empty() {
+            Imports::Done
+        } else {
+            Imports::Pending(pending.join("; "))
+        })
+    }
+
     /// The PVCs the VM's template names (by GET: cheap on any API server).
     async fn pvcs(&self, vm: &VmRef, object: &Value) -> Result<Vec<Value>, BackendError> {
         let claims: Vec<&str> = object["spec"]["template"]["spec"]["volumes"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+            .filter_map(wukong_kubevirt::render::volume_claim)
             .collect();
         let mut out = Vec::new();
         for c in claims {
@@ -551,7 +642,7 @@ pub fn config_of(vm: &Value, pvcs: &[Value], desired: &VmConfig) -> VmConfig {
                 .as_array()?
                 .iter()
                 .find(|v| v["name"] == name)?;
-            let claim = volume["persistentVolumeClaim"]["claimName"].as_str()?;
+            let claim = wukong_kubevirt::render::volume_claim(volume)?;
             let p = pvc(claim);
             let size = p
                 .and_then(|p| {
@@ -564,7 +655,7 @@ pub fn config_of(vm: &Value, pvcs: &[Value], desired: &VmConfig) -> VmConfig {
                 name: name.into(),
                 size,
                 boot: i == 0,
-                hotpluggable: volume["persistentVolumeClaim"]["hotpluggable"] == true,
+                hotpluggable: wukong_kubevirt::render::volume_hotpluggable(volume),
                 bus: match d["disk"]["bus"].as_str() {
                     Some("scsi") => DiskBus::Scsi,
                     Some("sata") => DiskBus::Sata,
@@ -619,8 +710,8 @@ pub fn config_of(vm: &Value, pvcs: &[Value], desired: &VmConfig) -> VmConfig {
         },
         restart_policy: desired.restart_policy,
         maintenance_window: desired.maintenance_window.clone(),
-        boot: desired.boot.clone(),
-        cloud_init: desired.cloud_init.clone(),
+        boot: wukong_kubevirt::render::observed_boot(spec),
+        cloud_init: wukong_kubevirt::render::observed_cloud_init(spec),
     }
 }
 

@@ -33,7 +33,7 @@ use wukong_engine::{
 use wukong_kubevirt::render::{NAME_LABEL, render};
 
 use crate::backend::{
-    KubeTimeouts, KubevirtBackend, delete_disks, pvc_resource, vm_resource, vmi_resource,
+    Imports, KubeTimeouts, KubevirtBackend, delete_disks, pvc_resource, vm_resource, vmi_resource,
 };
 use crate::metrics::Metrics;
 use crate::writes;
@@ -318,6 +318,72 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     (base * (1 << failures.saturating_sub(1).min(8))).min(Duration::from_secs(300))
 }
 
+/// The status (and an Event when it changes) of a VM whose disks are being imported, or whose
+/// import failed.
+async fn importing(
+    ctx: &Context,
+    api: &Api<Wukong>,
+    vm: &VmRef,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    generation: i64,
+    mut status: WukongStatus,
+    imports: Imports,
+) -> Result<Action, Error> {
+    let before = status.clone();
+    let (failed, message) = match &imports {
+        Imports::Failed(m) => (true, m.clone()),
+        Imports::Pending(m) => (false, m.clone()),
+        Imports::Done => return Ok(Action::await_change()),
+    };
+    status.phase = Some(if failed {
+        wukong_api::Phase::Failed
+    } else {
+        wukong_api::Phase::Pending
+    });
+    let reason = if failed { "ImportFailed" } else { "Importing" };
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        false,
+        reason,
+        &message,
+        Some(generation),
+    );
+    if failed {
+        set_condition(
+            &mut status.conditions,
+            "Degraded",
+            true,
+            reason,
+            &message,
+            Some(generation),
+        );
+    }
+    if status != before {
+        ctx.write_status(api, vm, &status).await?;
+        let _ = ctx
+            .recorder()
+            .publish(
+                &KubeEvent {
+                    type_: if failed {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: reason.into(),
+                    note: Some(message),
+                    action: "Import".into(),
+                    secondary: None,
+                },
+                reference,
+            )
+            .await;
+    }
+    // CDI's progress is read again shortly; the PVC's creation and the VMI bring a reconcile
+    // of their own.
+    Ok(Action::requeue(Duration::from_secs(if failed { 60 } else { 3 })))
+}
+
 /// Creates the VM and its disks and records the pinned values.
 async fn created(
     ctx: &Context,
@@ -404,6 +470,18 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
             return Ok(Action::await_change());
         }
     };
+    // Disks imported from a source (CDI) come first: until they are, KubeVirt does not start
+    // the VM, and the status says how far the imports are (the VM exists once pinned values
+    // are in the status).
+    if before.max_cpu.is_some() && config.disks.iter().any(|d| d.source.is_some()) {
+        match ctx.backend.imports(&vm, &config).await {
+            Ok(Imports::Done) => {}
+            Ok(imports) => {
+                return importing(&ctx, &api, &vm, &reference, generation, status, imports).await;
+            }
+            Err(e) => return Err(Error::Engine(e.to_string())),
+        }
+    }
     ctx.backend.set_desired(&vm, config.clone());
     // A change to a VM that ran (or one that failed) is observed in its guest; a converged
     // VM and a new one (whose first operation only formats and mounts, which the agent's

@@ -124,6 +124,7 @@ fn rbac_grants_exactly_what_the_operator_uses() {
         "subresources.kubevirt.io/virtualmachines/addvolume:update",
         "subresources.kubevirt.io/virtualmachines/removevolume:update",
         "subresources.kubevirt.io/virtualmachineinstances/filesystemlist:get",
+        "cdi.kubevirt.io/datavolumes:get",
         "/persistentvolumeclaims:get",
         "/persistentvolumeclaims:list",
         "/persistentvolumeclaims:watch",

@@ -344,3 +344,74 @@ async fn a_change_is_verified_in_the_guest_not_taken_from_the_vmi() {
     c.kubevirt().faults(|f| f.memory_unseen.clear());
     c.converged("w").await;
 }
+
+const CLOUD_IMAGE: &str = "  cpu: 1\n  memory: 1Gi\n  boot: {firmware: uefi}\n  disks:\n  - name: system\n    size: 10Gi\n    source: {http: {url: 'https://images.example/debian-12-genericcloud-amd64.qcow2'}}\n  cloudInit:\n    userData: \"#cloud-config\\nhostname: web\\n\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_image_is_imported_first_its_progress_shown_then_it_boots() {
+    let c = Cluster::start().await;
+    c.kubevirt().faults(|f| {
+        f.import_held.insert("w-system".into());
+    });
+    c.create("w", CLOUD_IMAGE).await;
+    // Halfway through the import: the status says so, the VM is not started.
+    c.until("the import progress in status", T, |c| {
+        c.condition("w", "Ready")
+            .is_some_and(|(s, r, m)| s == "False" && r == "Importing" && m.contains("47.00%"))
+    })
+    .await;
+    assert!(c.vmi("w").is_none(), "KubeVirt waits for its disks");
+    assert_eq!(c.wukong("w").unwrap()["status"]["phase"], "Pending");
+    assert!(c.event_reasons("w").contains(&"Importing".to_string()));
+    // What the operator made: a DataVolume template (CDI makes the PVC), cloud-init and EFI.
+    let vm = c.vm("w").unwrap();
+    assert_eq!(
+        vm["spec"]["dataVolumeTemplates"][0]["spec"]["source"]["http"]["url"],
+        "https://images.example/debian-12-genericcloud-amd64.qcow2"
+    );
+    let t = &vm["spec"]["template"]["spec"];
+    assert_eq!(t["domain"]["firmware"]["bootloader"]["efi"]["secureBoot"], false);
+    assert!(t["volumes"].to_string().contains("cloudInitNoCloud"));
+    c.kubevirt().faults(|f| {
+        f.import_held.clear();
+    });
+    let w = c.converged("w").await;
+    assert_eq!(w["status"]["phase"], "Running");
+    let pvc = c.pvc("w-system").expect("CDI made the disk's PVC");
+    assert_eq!(pvc["metadata"]["ownerReferences"][0]["kind"], "DataVolume");
+    // The imported disk grows through its PVC as any other.
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "12Gi",
+                          "source": {"http": {"url": "https://images.example/debian-12-genericcloud-amd64.qcow2"}}}]}),
+    )
+    .await;
+    c.converged("w").await;
+    assert_eq!(
+        c.pvc("w-system").unwrap()["status"]["capacity"]["storage"],
+        "12Gi"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_that_gets_nowhere_is_reported_as_failed_with_its_reason() {
+    let c = Cluster::start().await;
+    // A URL that does not answer: CDI restarts its importer with progress N/A, for ever.
+    c.kubevirt().faults(|f| {
+        f.import_stuck.insert("w-system".into());
+    });
+    c.create("w", CLOUD_IMAGE).await;
+    c.until("the import to be reported failed", T, |c| {
+        c.condition("w", "Degraded")
+            .is_some_and(|(s, r, _)| s == "True" && r == "ImportFailed")
+    })
+    .await;
+    let (_, _, message) = c.condition("w", "Degraded").unwrap();
+    assert!(
+        message.contains("disk system") && message.contains("Unable to connect"),
+        "{message}"
+    );
+    assert_eq!(c.wukong("w").unwrap()["status"]["phase"], "Failed");
+    assert!(c.event_reasons("w").contains(&"ImportFailed".to_string()));
+    assert!(c.vmi("w").is_none());
+}

@@ -85,6 +85,8 @@ rm -rf "$root/boot"/*
 
 # UEFI: GRUB with its configuration inside, finding the kernel on the EFI partition itself.
 cat >"$work/grub.cfg" <<'GRUB'
+insmod part_gpt
+insmod fat
 set timeout=0
 search --no-floppy --file --set=root /vmlinuz
 linux /vmlinuz root=LABEL=root ro console=ttyS0

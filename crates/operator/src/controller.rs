@@ -381,7 +381,11 @@ async fn importing(
     }
     // CDI's progress is read again shortly; the PVC's creation and the VMI bring a reconcile
     // of their own.
-    Ok(Action::requeue(Duration::from_secs(if failed { 60 } else { 3 })))
+    Ok(Action::requeue(Duration::from_secs(if failed {
+        60
+    } else {
+        3
+    })))
 }
 
 /// Creates the VM and its disks and records the pinned values.

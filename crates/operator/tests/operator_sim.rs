@@ -370,7 +370,10 @@ async fn a_cloud_image_is_imported_first_its_progress_shown_then_it_boots() {
         "https://images.example/debian-12-genericcloud-amd64.qcow2"
     );
     let t = &vm["spec"]["template"]["spec"];
-    assert_eq!(t["domain"]["firmware"]["bootloader"]["efi"]["secureBoot"], false);
+    assert_eq!(
+        t["domain"]["firmware"]["bootloader"]["efi"]["secureBoot"],
+        false
+    );
     assert!(t["volumes"].to_string().contains("cloudInitNoCloud"));
     c.kubevirt().faults(|f| {
         f.import_held.clear();

@@ -10,6 +10,8 @@ use crate::quantity::bytes;
 const MEMORY_ALIGNMENT: u64 = 2 << 20;
 /// Memory hotplug needs a guest of at least 1 GiB.
 const MIN_HOTPLUG_GUEST: u64 = 1 << 30;
+/// Inline cloud-init data KubeVirt's webhook takes (larger goes through a Secret).
+const CLOUD_INIT_INLINE: usize = 2048;
 
 /// Every rule `vm` breaks, as `path: reason`.
 pub fn check_vm(vm: &Value) -> Vec<String> {
@@ -18,6 +20,18 @@ pub fn check_vm(vm: &Value) -> Vec<String> {
         errors.push(".spec.liveUpdateFeatures: removed in KubeVirt v1.2".into());
     }
     let spec = &vm["spec"]["template"]["spec"];
+    for (i, v) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        for k in ["userData", "networkData"] {
+            if let Some(d) = v["cloudInitNoCloud"][k].as_str()
+                && d.len() > CLOUD_INIT_INLINE
+            {
+                errors.push(format!(
+                    ".spec.template.spec.volumes[{i}].cloudInitNoCloud.{k}: must be at most {CLOUD_INIT_INLINE} bytes ({} given): use a Secret",
+                    d.len()
+                ));
+            }
+        }
+    }
     let cpu = &spec["domain"]["cpu"];
     if let (Some(s), Some(max)) = (cpu["sockets"].as_u64(), cpu["maxSockets"].as_u64())
         && s > max

@@ -148,8 +148,13 @@ fn the_validators_refuse_what_a_cluster_would() {
     vm["spec"]["template"]["spec"]["domain"]["memory"] =
         json!({"guest": "512Mi", "maxGuest": "2Gi"});
     vm["spec"]["liveUpdateFeatures"] = json!({});
+    vm["spec"]["template"]["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "cloudinit", "cloudInitNoCloud": {"userData": "#".repeat(2049)}}));
     let p = wukong_fakeapi::webhook::check_vm(&vm);
-    assert_eq!(p.len(), 3, "{p:?}");
+    assert_eq!(p.len(), 4, "{p:?}");
+    assert!(p.iter().any(|e| e.contains("cloudInitNoCloud.userData")), "{p:?}");
     assert!(
         s.validate("v1.VirtualMachine", &json!({"kind": "VirtualMachine"}))
             .iter()

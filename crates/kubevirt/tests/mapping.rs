@@ -152,9 +152,16 @@ fn the_validators_refuse_what_a_cluster_would() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "cloudinit", "cloudInitNoCloud": {"userData": "#".repeat(2049)}}));
+    vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "cloudinit", "cdrom": {"bus": "sata"}}));
     let p = wukong_fakeapi::webhook::check_vm(&vm);
     assert_eq!(p.len(), 4, "{p:?}");
-    assert!(p.iter().any(|e| e.contains("cloudInitNoCloud.userData")), "{p:?}");
+    assert!(
+        p.iter().any(|e| e.contains("cloudInitNoCloud.userData")),
+        "{p:?}"
+    );
     assert!(
         s.validate("v1.VirtualMachine", &json!({"kind": "VirtualMachine"}))
             .iter()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the stock Debian 12 test guest: debootstrap (minbase) with systemd, udev,
-# qemu-guest-agent, cloud-init and openssh-server, the current kernel installed in the chroot
+# qemu-guest-agent, cloud-init, openssh-server and locales (en_US.UTF-8 generated, as cloud-init's
+# default locale), the current kernel installed in the chroot
 # from bookworm-security, and a disk laid out like Debian's cloud images (GPT: p14 BIOS boot
 # and p15 EFI at the front, p1 root ext4 last). The EFI partition makes it bootable by UEFI
 # alone: a standalone GRUB at the removable-media path /EFI/BOOT/BOOTX64.EFI (a fresh
@@ -20,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 packages=systemd-sysv,udev,qemu-guest-agent,e2fsprogs,xfsprogs,lvm2,cloud-guest-utils,util-linux,fdisk,iproute2,procps,initramfs-tools
 # Installed by apt in the chroot (debootstrap's --include does not resolve their dependencies).
-chroot_packages="cloud-init openssh-server"
+chroot_packages="cloud-init openssh-server locales"
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 [ -n "$kpkg" ] || { echo "cannot resolve linux-image-amd64 (run 'apt-get update' first)" >&2; exit 1; }
 kver=${kpkg#linux-image-}
@@ -63,7 +64,8 @@ mount --bind /dev "$root/dev"
 mount --bind /dev/pts "$root/dev/pts"
 t1=$SECONDS
 chroot "$root" env DEBIAN_FRONTEND=noninteractive sh -c \
-    "apt-get update -qq && apt-get install -y -qq --no-install-recommends $kpkg $chroot_packages >/dev/null && apt-get clean" \
+    "apt-get update -qq && apt-get install -y -qq --no-install-recommends $kpkg $chroot_packages >/dev/null && apt-get clean \
+     && echo 'en_US.UTF-8 UTF-8' >/etc/locale.gen && locale-gen >/dev/null" \
     >"$work/kernel.log" 2>&1 || { tail -n 30 "$work/kernel.log" >&2; exit 1; }
 for m in dev/pts dev sys proc; do umount "$root/$m"; done
 rm -rf "$root"/var/lib/apt/lists/*

@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// How long one guest agent call may take before the agent counts as not answering.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     agent_timeout: std::time::Duration,
+    /// How long a booting guest may take until its agent answers.
+    #[arg(long, default_value = "300s", value_parser = crate::parse_duration)]
+    boot_timeout: std::time::Duration,
     /// Events kept per VM (the newest; older ones are dropped as new ones come).
     #[arg(long, default_value_t = wukong_local::store::DEFAULT_EVENT_HISTORY)]
     event_history: usize,
@@ -137,6 +140,7 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
         timeouts: LocalTimeouts {
             memory: a.verify_timeout,
             agent: a.agent_timeout,
+            boot: a.boot_timeout,
             ..LocalTimeouts::default()
         },
         image_roots: wukong_local::trusted::resolve_roots(&a.image_root)

@@ -16,7 +16,7 @@ const BOOT: Duration = Duration::from_secs(300);
 
 fn user_data(hostname: &str) -> String {
     format!(
-        "#cloud-config\nhostname: {hostname}\nssh_authorized_keys:\n  - {KEY}\nwrite_files:\n  - path: /etc/wukong-test\n    content: written by cloud-init for {hostname}\n"
+        "#cloud-config\nhostname: {hostname}\nssh_genkeytypes: [ed25519]\nssh_authorized_keys:\n  - {KEY}\nwrite_files:\n  - path: /etc/wukong-test\n    content: written by cloud-init for {hostname}\n"
     )
 }
 
@@ -67,7 +67,7 @@ fn two_vms_boot_their_own_way_and_cloud_init_configures_each() {
             "  boot:\n    kernel: {{path: {}, initrd: {}, cmdline: '{}'}}\n",
             kernel[1], kernel[3], kernel[5]
         ),
-        "#cloud-config\n",
+        "#cloud-config\nssh_genkeytypes: [ed25519]\n",
     );
     d.apply(&uefi);
     d.apply(&direct);

@@ -42,7 +42,7 @@ pub fn apply(vm: &mut Observed, action: &Action) {
             }
         }
         Action::AttachDisk { disk } => {
-            cfg.disks.push(disk.clone());
+            cfg.disks.push((**disk).clone());
             if let Some(g) = g {
                 g.disks.insert(
                     disk.name.clone(),
@@ -96,8 +96,8 @@ pub fn apply(vm: &mut Observed, action: &Action) {
         }
         Action::SetMaxCpu { to, .. } => cfg.max_cpu = *to,
         Action::SetMaxMemory { to, .. } => cfg.max_memory = *to,
-        Action::SetBoot { to, .. } => cfg.boot = to.clone(),
-        Action::SetCloudInit { to } => cfg.cloud_init = to.clone(),
+        Action::SetBoot { to, .. } => cfg.boot = (**to).clone(),
+        Action::SetCloudInit { to } => cfg.cloud_init = (**to).clone(),
         Action::Start => {
             vm.running = true;
             guest = Some(GuestView::matching(cfg));

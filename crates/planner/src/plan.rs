@@ -101,7 +101,7 @@ pub enum Action {
     /// Attach a new disk.
     AttachDisk {
         /// The disk.
-        disk: DiskConfig,
+        disk: Box<DiskConfig>,
     },
     /// Create the requested filesystem on a newly attached blank disk and mount it.
     CreateFilesystem {
@@ -118,9 +118,9 @@ pub enum Action {
     /// Change a disk's bus or hotplug flag.
     ChangeDisk {
         /// The disk before.
-        from: DiskConfig,
+        from: Box<DiskConfig>,
         /// The disk after.
-        to: DiskConfig,
+        to: Box<DiskConfig>,
     },
     /// Add a NIC.
     AddNic {
@@ -156,14 +156,14 @@ pub enum Action {
     /// Change how the VM boots (firmware or kernel; none: the backend's default).
     SetBoot {
         /// Before.
-        from: Option<wukong_api::BootSpec>,
+        from: Box<Option<wukong_api::BootSpec>>,
         /// After.
-        to: Option<wukong_api::BootSpec>,
+        to: Box<Option<wukong_api::BootSpec>>,
     },
     /// Write new cloud-init data for the guest's next boot.
     SetCloudInit {
         /// The data (none: no cloud-init seed).
-        to: Option<wukong_api::CloudInitSpec>,
+        to: Box<Option<wukong_api::CloudInitSpec>>,
     },
     /// Start the VM.
     Start,
@@ -232,7 +232,7 @@ impl Action {
                 format!("{} {} -> {} {}", from.source, from.mac, to.source, to.mac)
             }
             Action::SetBoot { from, to } => format!("{} -> {}", boot_words(from), boot_words(to)),
-            Action::SetCloudInit { to } => match to {
+            Action::SetCloudInit { to } => match to.as_ref() {
                 Some(_) => "new data for the next boot".into(),
                 None => "no data from the next boot".into(),
             },
@@ -297,12 +297,10 @@ impl Action {
             Action::SetBoot { from, to } => {
                 format!("boot from {} (was {})", boot_words(to), boot_words(from))
             }
-            Action::SetCloudInit { to: Some(_) } => {
+            Action::SetCloudInit { to } if to.is_some() => {
                 "write the new cloud-init data (read by cloud-init at the next boot)".into()
             }
-            Action::SetCloudInit { to: None } => {
-                "remove the cloud-init data (from the next boot)".into()
-            }
+            Action::SetCloudInit { .. } => "remove the cloud-init data (from the next boot)".into(),
             Action::Start => "start the VM".into(),
             Action::Stop => "stop the VM".into(),
         }
@@ -523,8 +521,8 @@ pub fn plan(
         if (d.bus, d.hotpluggable) != (h.bus, h.hotpluggable) {
             b.push(
                 Action::ChangeDisk {
-                    from: h.clone(),
-                    to: d.clone(),
+                    from: Box::new(h.clone()),
+                    to: Box::new(d.clone()),
                 },
                 Support::restart("a disk's bus and hotplug flag are fixed while it is attached"),
                 "",
@@ -545,7 +543,9 @@ pub fn plan(
         };
         let live = b.running && support.is_live();
         b.push(
-            Action::AttachDisk { disk: d.clone() },
+            Action::AttachDisk {
+                disk: Box::new(d.clone()),
+            },
             support.clone(),
             "hot-plug on a free PCIe port",
         );
@@ -671,8 +671,8 @@ fn plan_boot(b: &mut Builder<'_>, desired: &VmConfig, have: &VmConfig) {
     if desired.boot != have.boot {
         b.push(
             Action::SetBoot {
-                from: have.boot.clone(),
-                to: desired.boot.clone(),
+                from: Box::new(have.boot.clone()),
+                to: Box::new(desired.boot.clone()),
             },
             Support::restart("how the VM boots is fixed while it runs"),
             "",
@@ -681,7 +681,7 @@ fn plan_boot(b: &mut Builder<'_>, desired: &VmConfig, have: &VmConfig) {
     if desired.cloud_init != have.cloud_init {
         b.push(
             Action::SetCloudInit {
-                to: desired.cloud_init.clone(),
+                to: Box::new(desired.cloud_init.clone()),
             },
             Support::Live,
             "takes effect at the next restart (the instance-id stays the VM's uid)",

@@ -43,7 +43,7 @@ pub const FORCE_DETACH: &str = "vm.novasphere.dev/force-detach";
 /// Timeouts of the local backend.
 #[derive(Clone, Copy, Debug)]
 pub struct LocalTimeouts {
-    /// Boot to guest agent.
+    /// Boot to guest agent (a cloud image under TCG runs cloud-init before its agent: minutes).
     pub boot: Duration,
     /// One guest agent call (probe, exec).
     pub agent: Duration,
@@ -58,7 +58,7 @@ pub struct LocalTimeouts {
 impl Default for LocalTimeouts {
     fn default() -> Self {
         LocalTimeouts {
-            boot: Duration::from_secs(120),
+            boot: Duration::from_secs(300),
             agent: Duration::from_secs(10),
             unplug: Duration::from_secs(15),
             memory: Duration::from_secs(30),

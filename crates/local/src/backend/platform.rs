@@ -182,8 +182,8 @@ impl Backend for LocalBackend {
                 self.stop(vm).await?;
             }
             Action::SetCloudInit { to } => {
-                self.write_seed(vm, to.as_ref()).await?;
-                let to = to.clone();
+                self.write_seed(vm, to.as_ref().as_ref()).await?;
+                let to = (**to).clone();
                 self.update(vm, |r| r.definition.cloud_init = to)?;
             }
             Action::SetMaxCpu { .. }

@@ -7,16 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BASIC, Cluster, fs_total};
+use common::{BASIC, Cluster, T, fs_total, sockets};
 use serde_json::json;
-
-const T: Duration = Duration::from_secs(60);
-
-fn sockets(vm: &serde_json::Value) -> u64 {
-    vm["spec"]["template"]["spec"]["domain"]["cpu"]["sockets"]
-        .as_u64()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_writes_its_objects_with_strict_field_validation() {

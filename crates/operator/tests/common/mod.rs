@@ -570,6 +570,16 @@ pub fn fs_total(c: &Cluster, vmi: &str, mount: &str) -> Option<u64> {
         .and_then(|f| f["totalBytes"].as_u64())
 }
 
+/// How long a test waits for one thing to happen.
+pub const T: Duration = Duration::from_secs(60);
+
+/// The vCPU sockets of a VM's template.
+pub fn sockets(vm: &Value) -> u64 {
+    vm["spec"]["template"]["spec"]["domain"]["cpu"]["sockets"]
+        .as_u64()
+        .unwrap()
+}
+
 pub const BASIC: &str = "  cpu: 2\n  memory: 2Gi\n  maxCpu: 4\n  maxMemory: 4Gi\n  disks:\n  - {name: system, size: 10Gi}\n  - {name: data, size: 20Gi, filesystem: {type: ext4, mountPath: /data}}\n";
 
 /// `crd` as a CRD of its own group `v{i}.fixture.novasphere.dev`, with the schema keyword at

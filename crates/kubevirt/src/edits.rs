@@ -11,8 +11,8 @@ use wukong_api::quantity::format_bytes;
 use wukong_planner::{Action, Mode, Plan};
 
 use crate::render::{
-    CLOUD_INIT_VOLUME, cloud_init_disk, cloud_init_volume, disk_entry, interface_entry,
-    network_entry, pvc, pvc_name, run_strategy, template_spec, volume_entry,
+    CLOUD_INIT_VOLUME, cloud_init_disk, cloud_init_volume, data_volume, disk_entry,
+    interface_entry, network_entry, pvc, pvc_name, run_strategy, template_spec, volume_entry,
 };
 
 /// One edit of the cluster.
@@ -29,6 +29,8 @@ pub enum Edit {
     },
     /// Create a PVC.
     CreatePvc(Value),
+    /// Create a DataVolume (CDI imports it into its PVC).
+    CreateDataVolume(Value),
     /// `PUT …/virtualmachines/{vm}/addvolume` with this `v1.AddVolumeOptions` body.
     AddVolume(Value),
     /// `PUT …/virtualmachines/{vm}/removevolume` with this `v1.RemoveVolumeOptions` body.
@@ -46,6 +48,24 @@ pub enum Edit {
 }
 
 const DEVICES: &str = "/spec/template/spec/domain/devices";
+
+/// What makes a new disk's volume: a DataVolume for a disk with a source, else a PVC.
+fn create_disk(vm: &str, namespace: &str, disk: &wukong_api::DiskConfig) -> Edit {
+    match data_volume(vm, namespace, disk) {
+        Some(dv) => Edit::CreateDataVolume(dv),
+        None => Edit::CreatePvc(pvc(vm, namespace, disk)),
+    }
+}
+
+/// The `volumeSource` of a hot-plugged disk.
+fn hotplug_source(vm: &str, disk: &wukong_api::DiskConfig) -> Value {
+    let name = pvc_name(vm, &disk.name);
+    if disk.source.is_some() {
+        json!({"dataVolume": {"name": name, "hotpluggable": true}})
+    } else {
+        json!({"persistentVolumeClaim": {"claimName": name, "hotpluggable": true}})
+    }
+}
 const TEMPLATE: &str = "/spec/template/spec";
 
 fn index_of(list: &Value, name: &str) -> Option<usize> {
@@ -107,7 +127,7 @@ pub fn edits(
                 out.push(Edit::InGuest(step.action.clone()))
             }
             Action::AttachDisk { disk } => {
-                out.push(Edit::CreatePvc(pvc(vm, namespace, disk)));
+                out.push(create_disk(vm, namespace, disk));
                 if declarative_hotplug {
                     out.push(Edit::PatchVm(vec![
                         json!({"op": "add", "path": format!("{DEVICES}/disks/-"), "value": disk_entry(disk)}),
@@ -117,7 +137,7 @@ pub fn edits(
                     out.push(Edit::AddVolume(json!({
                         "name": disk.name,
                         "disk": disk_entry(disk),
-                        "volumeSource": {"persistentVolumeClaim": {"claimName": pvc_name(vm, &disk.name), "hotpluggable": true}},
+                        "volumeSource": hotplug_source(vm, disk),
                     })));
                 }
             }
@@ -195,7 +215,7 @@ pub fn edits(
     {
         for step in plan.steps.iter().filter(|s| s.mode == Mode::Restart) {
             if let Action::AttachDisk { disk } = &step.action {
-                out.push(Edit::CreatePvc(pvc(vm, namespace, disk)));
+                out.push(create_disk(vm, namespace, disk));
             }
         }
         out.push(Edit::Restart {

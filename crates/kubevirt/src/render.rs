@@ -114,6 +114,16 @@ pub fn data_volume_template(vm: &str, namespace: &str, d: &DiskConfig) -> Option
     }))
 }
 
+/// The DataVolume of a disk with a source added to a VM that exists (KubeVirt makes those of
+/// the templates itself, at creation); `None` for a blank disk.
+pub fn data_volume(vm: &str, namespace: &str, d: &DiskConfig) -> Option<Value> {
+    let mut dv = data_volume_template(vm, namespace, d)?;
+    dv["apiVersion"] = json!("cdi.kubevirt.io/v1beta1");
+    dv["kind"] = json!("DataVolume");
+    dv["metadata"]["namespace"] = json!(namespace);
+    Some(dv)
+}
+
 /// The cloud-init volume's name (its disk is a CD-ROM: never one of the user's disks).
 pub const CLOUD_INIT_VOLUME: &str = "cloudinit";
 

@@ -249,10 +249,19 @@ impl KubevirtBackend {
             .map_err(|e| api_error(&format!("{} {ns}/{name}", ar.kind), e))
     }
 
-    /// Where the imports of the VM's disks that have a source stand (CDI's DataVolumes, by
-    /// GET). A disk whose PVC is bound counts as imported whether or not its DataVolume is
+    /// Where the imports of the disks with a source of a VM KubeVirt has not started stand
+    /// (CDI's DataVolumes, by GET). A disk whose PVC is bound counts as imported whether or not its DataVolume is
     /// still there.
     pub async fn imports(&self, vm: &VmRef, desired: &VmConfig) -> Result<Imports, BackendError> {
+        // KubeVirt starts a VM once the DataVolumes of its templates are imported; a disk
+        // with a source added to a running VM is its attach step's business.
+        if self
+            .get(&vmi_resource(), &vm.namespace, &vm.name)
+            .await?
+            .is_some()
+        {
+            return Ok(Imports::Done);
+        }
         let mut pending = Vec::new();
         for d in desired.disks.iter().filter(|d| d.source.is_some()) {
             let name = pvc_name(&vm.name, &d.name);
@@ -431,6 +440,34 @@ impl KubevirtBackend {
             .map_err(|e| api_error(&format!("{action} of {vm}"), e))
     }
 
+    /// Creates `object` (a PVC or a DataVolume) in the VM's namespace, unless the namespace is
+    /// being deleted; one that exists already is fine.
+    async fn create_in(
+        &self,
+        vm: &VmRef,
+        ar: &ApiResource,
+        what: &str,
+        object: &Value,
+    ) -> Result<(), BackendError> {
+        let obj: DynamicObject = serde_json::from_value(object.clone())
+            .map_err(|e| BackendError::Failed(format!("{what}: {e}")))?;
+        let deleted = || {
+            BackendError::Settling(format!(
+                "namespace {} is being deleted: nothing new is made in it",
+                vm.namespace
+            ))
+        };
+        if self.terminating(&vm.namespace) {
+            return Err(deleted());
+        }
+        match writes::create(&self.client, ar, &vm.namespace, &obj).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) if self.note_terminating(&vm.namespace, &e) => Err(deleted()),
+            Err(e) => Err(api_error(what, e)),
+        }
+    }
+
     /// Carries out one cluster edit.
     async fn edit(&self, vm: &VmRef, e: &Edit, desired: &VmConfig) -> Result<(), BackendError> {
         let pvcs = self.api(&pvc_resource(), &vm.namespace);
@@ -441,24 +478,9 @@ impl KubevirtBackend {
                 .await
                 .map(|_| ())
                 .map_err(|e| api_error(&format!("PVC {name}"), e)),
-            Edit::CreatePvc(pvc) => {
-                let obj: DynamicObject = serde_json::from_value(pvc.clone())
-                    .map_err(|e| BackendError::Failed(format!("PVC: {e}")))?;
-                let deleted = || {
-                    BackendError::Settling(format!(
-                        "namespace {} is being deleted: nothing new is made in it",
-                        vm.namespace
-                    ))
-                };
-                if self.terminating(&vm.namespace) {
-                    return Err(deleted());
-                }
-                match writes::create(&self.client, &pvc_resource(), &vm.namespace, &obj).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                    Err(e) if self.note_terminating(&vm.namespace, &e) => Err(deleted()),
-                    Err(e) => Err(api_error("PVC", e)),
-                }
+            Edit::CreatePvc(obj) => self.create_in(vm, &pvc_resource(), "PVC", obj).await,
+            Edit::CreateDataVolume(obj) => {
+                self.create_in(vm, &dv_resource(), "DataVolume", obj).await
             }
             Edit::AddVolume(body) => self.subresource(vm, "addvolume", body).await,
             Edit::RemoveVolume(body) => self.subresource(vm, "removevolume", body).await,

@@ -125,6 +125,7 @@ fn rbac_grants_exactly_what_the_operator_uses() {
         "subresources.kubevirt.io/virtualmachines/removevolume:update",
         "subresources.kubevirt.io/virtualmachineinstances/filesystemlist:get",
         "cdi.kubevirt.io/datavolumes:get",
+        "cdi.kubevirt.io/datavolumes:create",
         "/persistentvolumeclaims:get",
         "/persistentvolumeclaims:list",
         "/persistentvolumeclaims:watch",

@@ -410,3 +410,36 @@ async fn an_import_that_gets_nowhere_is_reported_as_failed_with_its_reason() {
     assert!(c.event_reasons("w").contains(&"ImportFailed".to_string()));
     assert!(c.vmi("w").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_with_a_source_added_later_is_imported_then_hot_plugged() {
+    let c = Cluster::start().await;
+    c.create("w", BASIC).await;
+    c.converged("w").await;
+    let url = "https://images.example/tools.qcow2";
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "20Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}},
+                         {"name": "tools", "size": "5Gi", "source": {"http": {"url": url}}}]}),
+    )
+    .await;
+    c.converged("w").await;
+    // Not a blank PVC: a DataVolume of the source, whose PVC CDI made.
+    let dv = c
+        .get("cdi.kubevirt.io/v1beta1", "DataVolume", &c.ns, "w-tools")
+        .expect("a DataVolume for the new disk");
+    assert_eq!(dv["spec"]["source"]["http"]["url"], url);
+    let pvc = c.pvc("w-tools").unwrap();
+    assert_eq!(pvc["metadata"]["ownerReferences"][0]["kind"], "DataVolume");
+    let vmi = c.vmi("w").unwrap();
+    assert!(
+        vmi["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "tools" && v["dataVolume"]["name"] == "w-tools"),
+        "{}",
+        vmi["spec"]["volumes"]
+    );
+}

@@ -30,6 +30,17 @@ pub struct ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        // A process that ended before its time is what a failing test needs to know about.
+        for (c, log) in self.children.iter_mut().zip(LOGS) {
+            if let Ok(Some(status)) = c.try_wait() {
+                let text = std::fs::read_to_string(self.dir.join(log)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                eprintln!(
+                    "{log}: the process ended early ({status}); its last lines:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -37,6 +48,13 @@ impl Drop for ControlPlane {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The log of each child, in the order they are kept.
+const LOGS: [&str; 3] = [
+    "kube-apiserver.log",
+    "etcd.log",
+    "kube-controller-manager.log",
+];
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -124,12 +124,17 @@ pub async fn install(client: &Client) {
             watcher::Config::default().fields(&format!("metadata.name={name}")),
         )
         .boxed();
-        while let Some(e) = events.next().await {
-            if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = e
-                && established(&o)
-            {
-                break;
+        let wait = async {
+            while let Some(e) = events.next().await {
+                if let Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) = e
+                    && established(&o)
+                {
+                    return;
+                }
             }
-        }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), wait)
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} not Established within 60 s"));
     }
 }

@@ -268,10 +268,8 @@ impl Daemon {
 
     /// The QEMU pid of a VM.
     pub fn qemu_pid(&self, name: &str) -> Option<i32> {
-        std::fs::read_to_string(self.home.join("vms/default").join(name).join("qemu.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .filter(|pid| alive(*pid))
+        wukong_local::process::running_pid(&self.home.join("vms/default").join(name))
+            .map(|p| p.as_raw())
     }
 }
 
@@ -282,10 +280,9 @@ impl Drop for Daemon {
         if let Ok(namespaces) = std::fs::read_dir(self.home.join("vms")) {
             for ns in namespaces.flatten() {
                 for vm in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
-                    if let Some(pid) = std::fs::read_to_string(vm.path().join("qemu.pid"))
-                        .ok()
-                        .and_then(|s| s.trim().parse::<i32>().ok())
-                    {
+                    // Only a QEMU of this VM: a pid file outlives its process, and the pid may
+                    // belong to anything by now (pids are reused within minutes on a busy host).
+                    if let Some(pid) = wukong_local::process::running_pid(&vm.path()) {
                         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                     }
                 }

@@ -388,6 +388,12 @@ async fn run(
     let op_cpu = cpu_seconds(pid);
     let api_cpu: f64 = server.pids().into_iter().map(cpu_seconds).sum::<f64>() - cpu_before;
     let self_cpu = cpu_seconds(std::process::id()) - self_before;
+    // Said at once too: a later phase that fails must not take these figures with it.
+    eprintln!(
+        "  all {n} converged in {:.1} s: {} requests; CPU operator {op_cpu:.1} s, API server {api_cpu:.1} s, this process {self_cpu:.1} s",
+        all.as_secs_f64(),
+        requests - requests_before
+    );
 
     // One change among them.
     let one = format!("vm-{:05}", n / 2);
@@ -411,6 +417,10 @@ async fn run(
         .await;
     assert!(landed, "the change to {one} never landed");
     let reaction = changed.elapsed();
+    eprintln!(
+        "  one change landed in {:.0} ms",
+        reaction.as_secs_f64() * 1000.0
+    );
 
     // Deleting them all, as `kubectl delete namespace` does: every cleanup runs once and the
     // operator makes nothing new in the terminating namespace.

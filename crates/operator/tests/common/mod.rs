@@ -44,7 +44,6 @@ pub enum Backend {
 }
 
 pub struct Cluster {
-    backend: Backend,
     /// The simulated KubeVirt (faults, exec count); none on a real cluster.
     kubevirt: Option<wukong_kvsim::Running>,
     /// The namespace the test works in.
@@ -55,6 +54,9 @@ pub struct Cluster {
     watches: Vec<tokio::task::JoinHandle<()>>,
     operator: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     pub opts: Options,
+    /// Last: fields drop in order, and the server must outlive everything that talks to it
+    /// (a simulator or watch left facing a dead server hung the test's teardown).
+    backend: Backend,
 }
 
 impl Drop for Cluster {

@@ -250,8 +250,8 @@ impl KubevirtBackend {
     }
 
     /// Where the imports of the disks with a source of a VM KubeVirt has not started stand
-    /// (CDI's DataVolumes, by GET). A disk whose PVC is bound counts as imported whether or not its DataVolume is
-    /// still there.
+    /// (CDI's DataVolumes, by GET). A disk whose PVC is bound counts as imported whether or
+    /// not its DataVolume is still there.
     pub async fn imports(&self, vm: &VmRef, desired: &VmConfig) -> Result<Imports, BackendError> {
         // KubeVirt starts a VM once the DataVolumes of its templates are imported; a disk
         // with a source added to a running VM is its attach step's business.
@@ -265,13 +265,8 @@ impl KubevirtBackend {
         let mut pending = Vec::new();
         for d in desired.disks.iter().filter(|d| d.source.is_some()) {
             let name = pvc_name(&vm.name, &d.name);
-            let dv = match self.get(&dv_resource(), &vm.namespace, &name).await {
-                Ok(dv) => dv,
-                // No CDI on this cluster: nothing imports the disk.
-                Err(BackendError::NotFound(_)) => None,
-                Err(e) => return Err(e),
-            };
-            let Some(dv) = dv else {
+            // None also where there is no CDI at all (the resource is unknown: a 404 too).
+            let Some(dv) = self.get(&dv_resource(), &vm.namespace, &name).await? else {
                 let bound = self
                     .get(&pvc_resource(), &vm.namespace, &name)
                     .await?

@@ -135,6 +135,10 @@ pub struct VmConfig {
     /// cloud-init NoCloud data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init: Option<crate::types::CloudInitSpec>,
+    /// What the autoscaler owns and within which bounds (the config itself holds the spec's
+    /// values; [`crate::autoscaling::apply_target`] makes it the effective desired state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<crate::autoscaling::AutoscalingSpec>,
 }
 
 impl VmConfig {
@@ -193,7 +197,7 @@ impl VmConfig {
             maintenance_window: self.maintenance_window.clone(),
             boot: self.boot.clone(),
             cloud_init: self.cloud_init.clone(),
-            autoscaling: None,
+            autoscaling: self.autoscaling.clone(),
         }
     }
 }
@@ -385,6 +389,28 @@ pub fn resolve(vm: &str, spec: &WukongSpec, pinned: &Pinned) -> Result<VmConfig,
             ));
         }
     }
+    if let Some(a) = &spec.autoscaling {
+        if let Some(c) = a.cpu.as_ref().filter(|c| c.max > max_cpu) {
+            errors.push(FieldError::invalid(
+                "spec.autoscaling.cpu.max",
+                format!("{} exceeds maxCpu {max_cpu}", c.max),
+            ));
+        }
+        if let Some(m) = a
+            .memory
+            .as_ref()
+            .filter(|m| m.max.bytes().is_ok_and(|b| b > max_memory))
+        {
+            errors.push(FieldError::invalid(
+                "spec.autoscaling.memory.max",
+                format!(
+                    "{} exceeds maxMemory {}",
+                    m.max,
+                    Quantity::from_bytes(max_memory)
+                ),
+            ));
+        }
+    }
     let networks = spec
         .networks
         .iter()
@@ -413,6 +439,7 @@ pub fn resolve(vm: &str, spec: &WukongSpec, pinned: &Pinned) -> Result<VmConfig,
             .clone()
             .filter(|b| b.firmware.is_some() || b.kernel.is_some()),
         cloud_init: spec.cloud_init.clone(),
+        autoscaling: spec.autoscaling.clone(),
     })
 }
 

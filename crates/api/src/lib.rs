@@ -2,6 +2,7 @@
 //! CRD. Pure: no sockets, no processes, no files.
 #![forbid(unsafe_code)]
 
+pub mod autoscaling;
 pub mod config;
 pub mod crd;
 pub mod document;

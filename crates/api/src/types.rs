@@ -133,7 +133,7 @@ pub struct WukongSpec {
 
     /// Automatic scaling from metrics. The autoscaler owns only the fields named here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscaling: Option<AutoscalingSpec>,
+    pub autoscaling: Option<crate::autoscaling::AutoscalingSpec>,
 }
 
 /// One disk of the VM.
@@ -654,79 +654,6 @@ pub enum Weekday {
     Sun,
 }
 
-/// Automatic scaling from guest metrics. Reserved: the autoscaler owns exactly the resources
-/// named here (and nothing else); a user's apply of an owned field is overridden by it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AutoscalingSpec {
-    /// vCPUs between `min` and `max` from CPU utilisation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<CpuAutoscaling>,
-    /// Memory between `min` and `max` from memory utilisation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<MemoryAutoscaling>,
-    /// Disks grown when their filesystem fills.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub disks: Vec<DiskAutoscaling>,
-    /// How long a recommendation must hold before it is acted on. Default 300.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stabilization_seconds: Option<u32>,
-    /// Minimum time between two autoscaler changes of one resource. Default 600.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cooldown_seconds: Option<u32>,
-}
-
-/// CPU autoscaling bounds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.min <= self.max", "message": "min must not exceed max"}
-]))]
-pub struct CpuAutoscaling {
-    /// Fewest vCPUs.
-    #[schemars(range(min = 1))]
-    pub min: u32,
-    /// Most vCPUs (at most maxCpu).
-    #[schemars(range(min = 1))]
-    pub max: u32,
-    /// Target utilisation in percent. Default 70.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub target_utilization: Option<u8>,
-}
-
-/// Memory autoscaling bounds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MemoryAutoscaling {
-    /// Least memory.
-    pub min: Quantity,
-    /// Most memory (at most maxMemory).
-    pub max: Quantity,
-    /// Target utilisation in percent. Default 75.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
-    pub target_utilization: Option<u8>,
-}
-
-/// Disk autoscaling: grow the disk when its filesystem is this full.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DiskAutoscaling {
-    /// The disk, by name.
-    pub name: String,
-    /// Never grow beyond this.
-    pub max_size: Quantity,
-    /// Grow when the filesystem is at least this full, in percent. Default 85.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 99))]
-    pub grow_at_usage: Option<u8>,
-    /// Grow by this percentage of the current size. Default 25.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub step_percent: Option<u16>,
-}
-
 /// Observed state of one VM, written by the controller only.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -770,6 +697,9 @@ pub struct WukongStatus {
     /// The last finished operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_operation: Option<OperationStatus>,
+    /// What the autoscaler measured, recommends and set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<crate::autoscaling::AutoscalingStatus>,
 }
 
 /// Lifecycle phase of a VM.

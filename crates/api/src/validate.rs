@@ -338,9 +338,42 @@ pub fn validate_spec(spec: &WukongSpec) -> Result<(), FieldErrors> {
 
 fn validate_autoscaling(
     spec: &WukongSpec,
-    a: &crate::types::AutoscalingSpec,
+    a: &crate::autoscaling::AutoscalingSpec,
     errors: &mut Vec<FieldError>,
 ) {
+    use crate::autoscaling::{INTERVAL_RANGE, UP_WINDOW_RANGE, WINDOW_RANGE};
+    let mut within = |field: &str, v: Option<u32>, (lo, hi): (u32, u32)| {
+        if let Some(v) = v
+            && !(lo..=hi).contains(&v)
+        {
+            errors.push(FieldError::invalid(
+                format!("spec.autoscaling.{field}"),
+                format!("{v} is outside {lo}–{hi} seconds"),
+            ));
+        }
+    };
+    within("intervalSeconds", a.interval_seconds, INTERVAL_RANGE);
+    within(
+        "stabilizationSeconds",
+        a.stabilization_seconds,
+        WINDOW_RANGE,
+    );
+    within(
+        "scaleUpStabilizationSeconds",
+        a.scale_up_stabilization_seconds,
+        UP_WINDOW_RANGE,
+    );
+    within("cooldownSeconds", a.cooldown_seconds, WINDOW_RANGE);
+    let percent = |errors: &mut Vec<FieldError>, field: &str, v: Option<u16>, lo: u16, hi: u16| {
+        if let Some(v) = v
+            && !(lo..=hi).contains(&v)
+        {
+            errors.push(FieldError::invalid(
+                field,
+                format!("{v} is outside {lo}–{hi} percent"),
+            ));
+        }
+    };
     if let Some(c) = &a.cpu {
         if c.min == 0 || c.min > c.max {
             errors.push(FieldError::invalid(
@@ -351,6 +384,13 @@ fn validate_autoscaling(
                 ),
             ));
         }
+        percent(
+            errors,
+            "spec.autoscaling.cpu.targetUtilization",
+            c.target_utilization.map(u16::from),
+            1,
+            100,
+        );
         if let Some(max) = spec.max_cpu
             && c.max > max
         {
@@ -375,6 +415,13 @@ fn validate_autoscaling(
             MEMORY_ALIGNMENT,
             "2Mi",
         );
+        percent(
+            errors,
+            "spec.autoscaling.memory.targetUtilization",
+            m.target_utilization.map(u16::from),
+            1,
+            100,
+        );
         if let (Some(min), Some(max)) = (min, max)
             && min > max
         {
@@ -383,24 +430,80 @@ fn validate_autoscaling(
                 "min must not exceed max",
             ));
         }
+        if let (Some(max), Some(ceiling)) =
+            (max, spec.max_memory.as_ref().and_then(|q| q.bytes().ok()))
+            && max > ceiling
+        {
+            errors.push(FieldError::invalid(
+                "spec.autoscaling.memory.max",
+                format!(
+                    "{} exceeds maxMemory {}",
+                    m.max,
+                    Quantity::from_bytes(ceiling)
+                ),
+            ));
+        }
     }
     for (i, d) in a.disks.iter().enumerate() {
         let at = format!("spec.autoscaling.disks[{i}]");
-        if let Some(disks) = &spec.disks
-            && !disks.iter().any(|x| x.name == d.name)
-        {
+        if a.disks[..i].iter().any(|x| x.name == d.name) {
+            errors.push(FieldError::invalid(
+                format!("{at}.name"),
+                format!("disk '{}' is named twice", d.name),
+            ));
+        }
+        let disk = spec
+            .disks
+            .as_ref()
+            .map(|disks| disks.iter().find(|x| x.name == d.name));
+        if let Some(None) = disk {
             errors.push(FieldError::invalid(
                 format!("{at}.name"),
                 format!("unknown disk '{}'", d.name),
             ));
         }
-        sized(
+        let max = sized(
             errors,
             &format!("{at}.maxSize"),
             &d.max_size,
             DISK_ALIGNMENT,
             "512 bytes",
         );
+        if let (Some(max), Some(Some(disk))) = (max, disk)
+            && let Ok(size) = disk.size.bytes()
+            && max < size
+        {
+            errors.push(FieldError::invalid(
+                format!("{at}.maxSize"),
+                format!(
+                    "{} is below the disk's size {} (disks never shrink)",
+                    d.max_size, disk.size
+                ),
+            ));
+        }
+        percent(
+            errors,
+            &format!("{at}.growAtUsage"),
+            d.grow_at_usage.map(u16::from),
+            1,
+            99,
+        );
+        percent(
+            errors,
+            &format!("{at}.stepPercent"),
+            d.step_percent,
+            1,
+            1000,
+        );
+        if let Some(q) = &d.min_step {
+            sized(
+                errors,
+                &format!("{at}.minStep"),
+                q,
+                DISK_ALIGNMENT,
+                "512 bytes",
+            );
+        }
     }
 }
 
@@ -540,6 +643,87 @@ mod tests {
         ] {
             assert!(check_mount_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bad_autoscaling_is_refused_field_by_field() {
+        let spec = |a: serde_json::Value| -> WukongSpec {
+            serde_json::from_value(serde_json::json!({
+                "maxCpu": 4, "maxMemory": "4Gi",
+                "disks": [{"name": "data", "size": "1Gi"}],
+                "autoscaling": a
+            }))
+            .unwrap()
+        };
+        for (a, field, says) in [
+            (
+                serde_json::json!({"cpu": {"min": 3, "max": 2}}),
+                "spec.autoscaling.cpu",
+                "exceed max",
+            ),
+            (
+                serde_json::json!({"cpu": {"min": 1, "max": 8}}),
+                "spec.autoscaling.cpu.max",
+                "maxCpu 4",
+            ),
+            (
+                serde_json::json!({"memory": {"min": "1Gi", "max": "8Gi"}}),
+                "spec.autoscaling.memory.max",
+                "maxMemory",
+            ),
+            (
+                serde_json::json!({"memory": {"min": "2Gi", "max": "1Gi"}}),
+                "spec.autoscaling.memory",
+                "min must not exceed max",
+            ),
+            (
+                serde_json::json!({"disks": [{"name": "logs", "maxSize": "2Gi"}]}),
+                "spec.autoscaling.disks[0].name",
+                "unknown disk 'logs'",
+            ),
+            (
+                serde_json::json!({"disks": [{"name": "data", "maxSize": "512Mi"}]}),
+                "spec.autoscaling.disks[0].maxSize",
+                "below the disk's size",
+            ),
+            (
+                serde_json::json!({"disks": [{"name": "data", "maxSize": "2Gi", "growAtUsage": 100}]}),
+                "spec.autoscaling.disks[0].growAtUsage",
+                "outside 1–99",
+            ),
+            (
+                serde_json::json!({"disks": [{"name": "data", "maxSize": "2Gi", "minStep": "0"}]}),
+                "spec.autoscaling.disks[0].minStep",
+                "greater than zero",
+            ),
+            (
+                serde_json::json!({"intervalSeconds": 1}),
+                "spec.autoscaling.intervalSeconds",
+                "outside 5–3600",
+            ),
+            (
+                serde_json::json!({"stabilizationSeconds": 100000}),
+                "spec.autoscaling.stabilizationSeconds",
+                "outside",
+            ),
+            (
+                serde_json::json!({"scaleUpStabilizationSeconds": 4000}),
+                "spec.autoscaling.scaleUpStabilizationSeconds",
+                "outside",
+            ),
+        ] {
+            let err = validate_spec(&spec(a.clone())).expect_err(&a.to_string());
+            let text = err.to_string();
+            assert!(text.contains(&format!("{field}: ")), "{a}: {text}");
+            assert!(text.contains(says), "{a}: {text}");
+        }
+        let good = serde_json::json!({
+            "cpu": {"min": 1, "max": 4, "targetUtilization": 60},
+            "memory": {"min": "1Gi", "max": "4Gi"},
+            "disks": [{"name": "data", "maxSize": "8Gi", "minStep": "64Mi"}],
+            "intervalSeconds": 5, "stabilizationSeconds": 20, "mode": "Recommend"
+        });
+        assert_eq!(validate_spec(&spec(good)), Ok(()));
     }
 
     #[test]

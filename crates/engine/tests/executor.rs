@@ -138,6 +138,7 @@ fn base() -> VmConfig {
         maintenance_window: None,
         boot: None,
         cloud_init: None,
+        autoscaling: None,
     }
 }
 

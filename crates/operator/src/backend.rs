@@ -729,6 +729,7 @@ pub fn config_of(vm: &Value, pvcs: &[Value], desired: &VmConfig) -> VmConfig {
         maintenance_window: desired.maintenance_window.clone(),
         boot: wukong_kubevirt::render::observed_boot(spec),
         cloud_init: wukong_kubevirt::render::observed_cloud_init(spec),
+        autoscaling: desired.autoscaling.clone(),
     }
 }
 

@@ -44,6 +44,7 @@ fn vm() -> VmConfig {
         maintenance_window: None,
         boot: None,
         cloud_init: None,
+        autoscaling: None,
     }
 }
 

@@ -84,6 +84,7 @@ fn pair() -> impl Strategy<Value = (VmConfig, VmConfig)> {
                     maintenance_window: None,
                     boot: None,
                     cloud_init: None,
+                    autoscaling: None,
                 };
                 let mut want = VmConfig {
                     cpu: c2,

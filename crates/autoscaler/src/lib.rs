@@ -7,6 +7,7 @@
 pub mod recommend;
 pub mod rules;
 pub mod sample;
+pub mod status;
 
 pub use recommend::{Change, Current, Evaluation, Recommender};
 pub use sample::{CpuSample, FsSample, MemorySample, Sample};

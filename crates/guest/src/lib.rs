@@ -8,6 +8,7 @@
 //! argv list, bounded in time inside the guest as well (`timeout -s KILL`).
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod ops;
 pub mod probe;
 pub mod storage;

@@ -126,6 +126,15 @@ impl<'a, T: Transport> Guest<'a, T> {
         Ok(parse(&out.out()))
     }
 
+    /// The autoscaler's reading of the guest, taken at `at` on the caller's clock.
+    pub async fn metrics(&self, at: f64) -> Result<wukong_autoscaler::Sample, BackendError> {
+        let script = crate::metrics::script();
+        let out = self
+            .run_ok(&["/bin/sh", "-c", &script], None, self.timeout)
+            .await?;
+        Ok(crate::metrics::parse(&out.out(), at))
+    }
+
     /// The planner's view of the guest.
     pub async fn view(&self) -> Result<GuestView, BackendError> {
         Ok(self.probe().await?.view())

@@ -36,6 +36,8 @@ struct Worker {
     retry: Arc<std::sync::atomic::AtomicBool>,
     commands: mpsc::Sender<(Command, Reply)>,
     task: tokio::task::JoinHandle<()>,
+    /// The VM's autoscaler (idle while the spec owns nothing).
+    autoscaler: tokio::task::JoinHandle<()>,
 }
 
 /// The daemon's shared state.
@@ -73,11 +75,25 @@ pub fn host_limits() -> HostLimits {
     }
 }
 
-/// The desired configuration of a record, with runStrategy `Once` turned into `Manual` after
-/// the first start.
+/// The desired configuration of a record: its spec with the fields the autoscaler owns taken
+/// from its target (`Auto` mode), and runStrategy `Once` turned into `Manual` after the
+/// first start.
 pub fn desired_config(rec: &VmRecord) -> Result<VmConfig, wukong_api::FieldErrors> {
     let vm = record_ref(rec);
     let mut cfg = resolve(&vm.name, &rec.object.spec, &rec.pinned)?;
+    if let (Some(spec), Some(target)) = (
+        &cfg.autoscaling,
+        rec.object
+            .status
+            .as_ref()
+            .and_then(|s| s.autoscaling.as_ref())
+            .and_then(|a| a.target.as_ref()),
+    ) {
+        let policy = wukong_api::autoscaling::Policy::of(spec);
+        if policy.mode == wukong_api::autoscaling::AutoscalingMode::Auto {
+            wukong_api::autoscaling::apply_target(&mut cfg, &policy, target);
+        }
+    }
     if cfg.run_strategy == RunStrategy::Once
         && rec
             .object
@@ -223,6 +239,7 @@ impl Daemon {
                 self.clone()
                     .work(vm.clone(), rx, nudge.clone(), retry.clone(), crx),
             );
+        let autoscaler = tokio::spawn(crate::autoscale::run(self.clone(), vm.clone()));
         workers.insert(
             vm,
             Worker {
@@ -231,6 +248,7 @@ impl Daemon {
                 retry,
                 commands: ctx,
                 task,
+                autoscaler,
             },
         );
     }
@@ -255,8 +273,10 @@ impl Daemon {
     pub async fn remove_worker(&self, vm: &VmRef) {
         let w = self.workers.lock().expect("workers").remove(vm);
         if let Some(w) = w {
+            w.autoscaler.abort();
             w.task.abort();
             let _ = w.task.await;
+            let _ = w.autoscaler.await;
         }
     }
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod autoscale;
 pub mod backend;
 pub mod boot;
 pub mod client;

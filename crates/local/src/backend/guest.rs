@@ -37,4 +37,13 @@ impl LocalBackend {
             .await
             .ok()
     }
+
+    /// The autoscaler's reading of the guest, taken at `at` seconds on the caller's clock.
+    pub async fn metrics(
+        &self,
+        vm: &VmRef,
+        at: f64,
+    ) -> Result<wukong_autoscaler::Sample, BackendError> {
+        self.guest(vm).await?.ops().metrics(at).await
+    }
 }

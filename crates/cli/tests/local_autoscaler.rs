@@ -1,0 +1,238 @@
+//! The autoscaler on real VMs of the local daemon (busybox guest): load in the guest leads to
+//! a decision, then to the change verified in the guest; the windows hold scale-downs back.
+//! Only the real clock of a real guest is used, and no assertion is on how fast anything is:
+//! each wait has a generous failure timeout, and the one bound on time that is asserted
+//! (no scale-down before the down-window) is a lower bound the rules guarantee.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, doc};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+const LONG: Duration = Duration::from_secs(240);
+
+/// Lines of `wukong describe`'s event list.
+fn events(d: &Daemon, vm: &str) -> Vec<String> {
+    let out = d.wk(&["describe", vm]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_once("Events:")
+        .map(|(_, e)| e.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn autoscaling(o: &Value) -> &Value {
+    &o["status"]["autoscaling"]
+}
+
+fn time_of(v: &Value) -> jiff::Timestamp {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// Starts `n` busy loops in the guest, in the background, their pids in /tmp/load.
+fn load(d: &Daemon, vm: &str, n: u32) {
+    d.sh(
+        vm,
+        &format!(
+            "for i in $(seq {n}); do (while :; do :; done) </dev/null >/dev/null 2>&1 & echo $! >> /tmp/load; done"
+        ),
+    );
+}
+
+fn unload(d: &Daemon, vm: &str) {
+    d.sh(vm, "kill $(cat /tmp/load); rm /tmp/load");
+}
+
+#[test]
+fn cpu_load_scales_vcpus_up_then_down_after_the_window_and_recommend_changes_nothing() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc(
+        "as-cpu",
+        "  cpu: 1\n  memory: 512Mi\n  maxCpu: 2\n  disks:\n  - {name: system, size: 256Mi}\n  autoscaling:\n    mode: Recommend\n    cpu: {min: 1, max: 2, targetUtilization: 60}\n    intervalSeconds: 5\n    stabilizationSeconds: 20\n    cooldownSeconds: 0\n",
+    ));
+    let boot = d.boot_id("as-cpu");
+    load(&d, "as-cpu", 2);
+    // Recommend: the recommendation says 2, nothing changes.
+    let o = d.wait_for("as-cpu", "a recommendation of 2 vCPUs", LONG, |o| {
+        autoscaling(o)["recommendation"]["cpu"] == 2
+    });
+    let a = autoscaling(&o);
+    assert_eq!(a["mode"], "Recommend");
+    assert!(a["target"].is_null() && a["lastChange"].is_null(), "{a}");
+    assert!(
+        a["metrics"]["cpuUtilization"].as_f64().unwrap() > 66.0,
+        "{a}"
+    );
+    assert_eq!(d.online_cpus("as-cpu"), 1, "Recommend changes nothing");
+    assert_eq!(o["spec"]["cpu"], 1);
+
+    // Auto: the decision, then 2 vCPUs online in the guest.
+    d.apply(&doc("as-cpu", "  autoscaling:\n    mode: Auto\n"));
+    let o = d.wait_for("as-cpu", "the scale-up decision", LONG, |o| {
+        autoscaling(o)["lastChange"]["to"] == "2"
+    });
+    let change = &autoscaling(&o)["lastChange"];
+    assert_eq!(change["resource"], "cpu");
+    assert!(
+        change["reason"].as_str().unwrap().contains("utilisation"),
+        "{change}"
+    );
+    d.wait_for("as-cpu", "2 vCPUs online", LONG, |o| {
+        o["status"]["guest"]["cpusOnline"] == 2 && o["status"]["operation"].is_null()
+    });
+    assert_eq!(d.online_cpus("as-cpu"), 2);
+    assert_eq!(d.boot_id("as-cpu"), boot, "live");
+    let ev = events(&d, "as-cpu");
+    let decided = ev
+        .iter()
+        .position(|l| l.contains("autoscaler: cpu 1 -> 2"))
+        .unwrap_or_else(|| panic!("no decision event: {ev:#?}"));
+    assert!(
+        ev[decided..].iter().any(|l| l.contains("verified in")),
+        "the change is verified after the decision: {ev:#?}"
+    );
+    let o = d.get("as-cpu");
+    assert_eq!(o["spec"]["cpu"], 1, "the spec is not the autoscaler's");
+    assert_eq!(autoscaling(&o)["target"]["cpu"], 2);
+
+    // Load stopped: no scale-down before the down-window, then back to 1.
+    let stopped = jiff::Timestamp::now();
+    unload(&d, "as-cpu");
+    let o = d.wait_for("as-cpu", "the scale-down decision", LONG, |o| {
+        autoscaling(o)["lastChange"]["to"] == "1"
+    });
+    let down = time_of(&autoscaling(&o)["lastChange"]["time"]);
+    let after = down.duration_since(stopped).as_secs_f64();
+    // The last busy reading may be one interval (5 s) after the stop: 20 s − 5 s at least.
+    assert!(
+        after >= 15.0,
+        "scaled down {after:.1} s after the load stopped"
+    );
+    d.wait_for("as-cpu", "1 vCPU online", LONG, |o| {
+        o["status"]["guest"]["cpusOnline"] == 1 && o["status"]["operation"].is_null()
+    });
+    assert_eq!(d.online_cpus("as-cpu"), 1);
+    assert_eq!(d.boot_id("as-cpu"), boot);
+}
+
+#[test]
+fn a_steady_writer_grows_the_disk_up_to_max_size_without_enospc_then_a_warning() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc(
+        "as-disk",
+        "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 256Mi}\n  - name: data\n    size: 256Mi\n    filesystem: {type: ext4, mountPath: /data}\n  autoscaling:\n    disks:\n    - {name: data, maxSize: 1Gi, growAtUsage: 70, stepPercent: 50, minStep: 64Mi}\n    intervalSeconds: 5\n",
+    ));
+    let boot = d.boot_id("as-disk");
+    // 5 MB/s in 1 MiB writes; a failed write (ENOSPC) leaves the size it had reached.
+    d.sh(
+        "as-disk",
+        "(i=0; while :; do dd if=/dev/zero of=/data/fill bs=1M count=1 seek=$i conv=notrunc,fsync 2>/dev/null || { df -k /data | tail -1 > /tmp/enospc; break; }; i=$((i+1)); usleep 200000; done) </dev/null >/dev/null 2>&1 &",
+    );
+    let o = d.wait_for(
+        "as-disk",
+        "the disk at maxSize and the writer stopped",
+        LONG,
+        |o| {
+            o["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "AutoscalingLimited" && c["status"] == "True")
+            })
+        },
+    );
+    let size = d.disk_bytes("as-disk", "data").unwrap();
+    assert_eq!(size, 1024 * MIB, "grown to maxSize");
+    let ev = events(&d, "as-disk");
+    let grows: Vec<&String> = ev
+        .iter()
+        .filter(|l| l.contains("autoscaler: disk/data"))
+        .collect();
+    assert!(grows.len() >= 3, "grown several times: {ev:#?}");
+    assert!(
+        ev.iter()
+            .any(|l| l.contains("warning: autoscaler: disk/data") && l.contains("maxSize")),
+        "the Warning at maxSize: {ev:#?}"
+    );
+    let msg = o["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "AutoscalingLimited")
+        .unwrap()["message"]
+        .to_string();
+    assert!(msg.contains("disk/data"), "{msg}");
+    // The writer may only have met ENOSPC once the filesystem had its full size.
+    let fs_kib: u64 = d
+        .sh("as-disk", "df -k /data | tail -1")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        fs_kib * 1024 > 900 * MIB,
+        "the filesystem fills the grown disk: {fs_kib} KiB"
+    );
+    let enospc = d.sh("as-disk", "cat /tmp/enospc 2>/dev/null || true");
+    if let Some(total) = enospc.split_whitespace().nth(1) {
+        assert_eq!(
+            total.parse::<u64>().unwrap(),
+            fs_kib,
+            "the writer met a full filesystem before maxSize: {enospc}"
+        );
+    }
+    assert_eq!(d.boot_id("as-disk"), boot, "live");
+}
+
+#[test]
+fn memory_is_added_before_the_guest_runs_out_and_given_back_after_the_window() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc(
+        "as-mem",
+        "  cpu: 1\n  memory: 512Mi\n  maxMemory: 2Gi\n  disks:\n  - {name: system, size: 256Mi}\n  autoscaling:\n    memory: {min: 512Mi, max: 1Gi, targetUtilization: 60}\n    intervalSeconds: 5\n    stabilizationSeconds: 20\n    cooldownSeconds: 0\n",
+    ));
+    let boot = d.boot_id("as-mem");
+    let before = d.mem_total_kib("as-mem");
+    // Memory in use that the kernel cannot reclaim: a file in a tmpfs (no swap).
+    d.sh(
+        "as-mem",
+        "mkdir -p /mnt/hog && mount -t tmpfs -o size=900m hog /mnt/hog && dd if=/dev/zero of=/mnt/hog/a bs=1M count=300 2>/dev/null",
+    );
+    let o = d.wait_for("as-mem", "the decision to add memory", LONG, |o| {
+        autoscaling(o)["lastChange"]["resource"] == "memory"
+    });
+    let change = &autoscaling(&o)["lastChange"];
+    assert_eq!(change["from"], "512Mi", "{change}");
+    assert!(
+        change["reason"].as_str().unwrap().contains("used of"),
+        "{change}"
+    );
+    d.wait_for("as-mem", "the memory in the guest", LONG, |_| {
+        d.mem_total_kib("as-mem") > before + 100 * 1024
+    });
+    let grown = d.mem_total_kib("as-mem");
+    assert_eq!(
+        d.sh("as-mem", "dmesg | grep -c 'Out of memory' || true")
+            .trim(),
+        "0",
+        "no OOM kill"
+    );
+    // Freed: given back after the down-window, never below the boot size.
+    let freed = jiff::Timestamp::now();
+    d.sh("as-mem", "rm /mnt/hog/a");
+    let o = d.wait_for("as-mem", "memory given back", LONG, |o| {
+        autoscaling(o)["lastChange"]["to"] == "512Mi"
+    });
+    let down = time_of(&autoscaling(&o)["lastChange"]["time"]);
+    assert!(
+        down.duration_since(freed).as_secs_f64() >= 15.0,
+        "given back before the down-window"
+    );
+    d.wait_for("as-mem", "the shrink in the guest", LONG, |_| {
+        d.mem_total_kib("as-mem") < grown
+    });
+    let after = d.mem_total_kib("as-mem");
+    assert!(after < grown, "MemTotal {grown} -> {after} KiB");
+    assert_eq!(d.boot_id("as-mem"), boot);
+}

@@ -1,0 +1,130 @@
+//! The local daemon's autoscaler: one task per VM with `spec.autoscaling`, reading the guest
+//! every interval through the guest-operations layer, evaluating the reading with the pure
+//! recommender, writing `status.autoscaling`, and — in `Auto` mode — handing a changed target
+//! to the VM's worker, which applies it through the same plan → execute → verify path as a
+//! user's change.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wukong_api::autoscaling::{AutoscalingStatus, DEFAULT_INTERVAL, Policy};
+use wukong_autoscaler::{Current, Recommender, status};
+use wukong_engine::VmRef;
+
+use crate::daemon::{Daemon, desired_config};
+use crate::store::StoreError;
+
+/// The condition a disk that should grow but is at its maxSize sets.
+pub const LIMITED: &str = "AutoscalingLimited";
+
+/// Runs the autoscaler of `vm` until its record is gone.
+pub async fn run(daemon: Arc<Daemon>, vm: VmRef) {
+    let clock = Instant::now();
+    let mut recommender = Recommender::default();
+    loop {
+        let Ok(Some(rec)) = daemon.backend.store().get(&vm) else {
+            return;
+        };
+        let Some(spec) = rec.object.spec.autoscaling.clone() else {
+            // Nothing owned: forget the history, look again later.
+            recommender = Recommender::default();
+            tokio::time::sleep(Duration::from_secs(DEFAULT_INTERVAL.into())).await;
+            continue;
+        };
+        let policy = Policy::of(&spec);
+        evaluate(&daemon, &vm, &policy, &mut recommender, clock).await;
+        tokio::time::sleep(Duration::from_secs(policy.interval.into())).await;
+    }
+}
+
+/// One evaluation.
+async fn evaluate(
+    daemon: &Arc<Daemon>,
+    vm: &VmRef,
+    policy: &Policy,
+    recommender: &mut Recommender,
+    clock: Instant,
+) {
+    let reading = if daemon.backend.is_running(vm) {
+        daemon
+            .backend
+            .metrics(vm, clock.elapsed().as_secs_f64())
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        Err("the VM is not running".into())
+    };
+    // Read after the reading: an operation may have held the agent until just now.
+    let Ok(Some(rec)) = daemon.backend.store().get(vm) else {
+        return;
+    };
+    let Ok(config) = desired_config(&rec) else {
+        return;
+    };
+    let current = Current {
+        cpu: config.cpu,
+        memory: config.memory,
+        boot_memory: rec.boot_memory,
+        max_cpu: config.max_cpu,
+        max_memory: config.max_memory,
+        disks: config
+            .disks
+            .iter()
+            .map(|d| (d.name.clone(), d.size))
+            .collect(),
+    };
+    let st = rec.object.status.as_ref();
+    let busy = st
+        .and_then(|s| s.operation.as_ref())
+        .map(|o| format!("operation {} is under way", o.id));
+    let ev = recommender.evaluate(policy, &current, reading, busy.as_deref());
+    let now = jiff::Timestamp::now().to_string();
+    let mut changed = false;
+    let updated = daemon.backend.store().update::<StoreError>(vm, None, |r| {
+        let s = r.object.status.get_or_insert_with(Default::default);
+        let a = s.autoscaling.get_or_insert_with(AutoscalingStatus::default);
+        changed = status::record(a, policy, &ev, &now);
+        let limited: Vec<&String> = ev
+            .reasons
+            .iter()
+            .filter(|x| x.contains("at maxSize"))
+            .collect();
+        let generation = r.object.metadata.generation;
+        if !limited.is_empty() {
+            let msg = limited
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            wukong_engine::status::set_condition(
+                &mut s.conditions,
+                LIMITED,
+                true,
+                "AtMaxSize",
+                &msg,
+                generation,
+            );
+        } else if s.conditions.iter().any(|c| c.type_ == LIMITED) {
+            wukong_engine::status::set_condition(
+                &mut s.conditions,
+                LIMITED,
+                false,
+                "WithinBounds",
+                "every owned resource can still grow",
+                generation,
+            );
+        }
+        Ok(())
+    });
+    for w in &ev.warnings {
+        daemon.notice(vm, format!("autoscaler: {w}"), true);
+    }
+    let Ok(rec) = updated else { return };
+    if changed {
+        for c in &ev.changes {
+            daemon.notice(vm, status::describe(c), false);
+        }
+        recommender.applied(&ev.changes, clock.elapsed().as_secs_f64());
+        daemon.ensure_worker(&rec);
+    }
+}

@@ -152,6 +152,14 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Guest metrics as the autoscaler last read them (CPU %, memory, each filesystem's use
+    /// and fill rate) and its recommendation, per VM with `autoscaling`.
+    Top {
+        /// VM name (all when absent).
+        name: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Spec, what the guest has, conditions, pending restarts, operations and events.
     Describe {
         /// VM name.
@@ -408,6 +416,7 @@ async fn run(command: Command) -> Result<i32, Failure> {
             target,
         } => ok(remote::get(&target.target(), name.as_deref(), output).await),
         Command::Describe { name, target } => ok(remote::describe(&target.target(), &name).await),
+        Command::Top { name, target } => ok(remote::top(&target.target(), name.as_deref()).await),
         Command::Delete {
             name,
             delete_disks,

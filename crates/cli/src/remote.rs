@@ -312,10 +312,11 @@ pub async fn get(t: &Target, name: Option<&str>, output: crate::GetFormat) -> Re
             }];
             for o in &items {
                 let s = &o["status"];
+                let target = &s["autoscaling"]["target"];
                 let mut r = vec![
                     o["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                    o["spec"]["cpu"].to_string(),
-                    o["spec"]["memory"].as_str().unwrap_or("").to_string(),
+                    autoscaled(&o["spec"]["cpu"], &target["cpu"]),
+                    autoscaled(&o["spec"]["memory"], &target["memory"]),
                     s["phase"].as_str().unwrap_or("Pending").to_string(),
                     s["restartPending"].as_bool().unwrap_or(false).to_string(),
                     age(o["metadata"]["creationTimestamp"].as_str()),
@@ -343,6 +344,119 @@ pub async fn get(t: &Target, name: Option<&str>, output: crate::GetFormat) -> Re
             }
             print!("{}", table(&rows));
         }
+    }
+    Ok(())
+}
+
+/// A field's value in effect: the spec's, or the autoscaler's target with the spec's beside it.
+fn autoscaled(spec: &Value, target: &Value) -> String {
+    let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    if target.is_null() || target == spec {
+        show(spec)
+    } else {
+        format!("{} (spec {}, autoscaled)", show(target), show(spec))
+    }
+}
+
+/// `wukong top [NAME]`.
+pub async fn top(t: &Target, name: Option<&str>) -> Result<(), Failure> {
+    let client = t.client().await?;
+    let items: Vec<Value> = match name {
+        Some(n) => vec![client.call(Method::GET, &t.path(n), None).await?.0],
+        None => client
+            .call(
+                Method::GET,
+                &format!("{PREFIX}/namespaces/{}/wukongs", t.namespace),
+                None,
+            )
+            .await?
+            .0["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let mut rows = vec![
+        [
+            "NAME",
+            "CPU%",
+            "CPUS",
+            "MEMORY(USED/TOTAL)",
+            "FILESYSTEMS",
+            "RECOMMENDATION",
+            "READ",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let mut unread = Vec::new();
+    for o in &items {
+        let vm = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let a = &o["status"]["autoscaling"];
+        let m = &a["metrics"];
+        if m.is_null() {
+            unread.push(vm);
+            continue;
+        }
+        let fs = m["filesystems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                let rate = f["fillRate"]
+                    .as_f64()
+                    .filter(|r| r.abs() >= 1.0)
+                    .map_or(String::new(), |r| format!(" {:+.1}MB/s", r / 1e6));
+                format!(
+                    "{}:{}/{}{}",
+                    f["disk"].as_str().unwrap_or(""),
+                    f["used"].as_str().unwrap_or("?"),
+                    f["size"].as_str().unwrap_or("?"),
+                    rate
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let rec = &a["recommendation"];
+        let mut r = Vec::new();
+        if !rec["cpu"].is_null() {
+            r.push(format!("cpu={}", rec["cpu"]));
+        }
+        if let Some(mem) = rec["memory"].as_str() {
+            r.push(format!("memory={mem}"));
+        }
+        for (d, size) in rec["disks"].as_object().into_iter().flatten() {
+            r.push(format!("{d}={}", size.as_str().unwrap_or("")));
+        }
+        rows.push(vec![
+            vm,
+            m["cpuUtilization"]
+                .as_f64()
+                .map_or("-".into(), |u| format!("{u:.0}")),
+            m["cpusOnline"]
+                .as_u64()
+                .map_or("-".into(), |c| c.to_string()),
+            format!(
+                "{}/{}",
+                m["memoryUsed"].as_str().unwrap_or("-"),
+                m["memoryTotal"].as_str().unwrap_or("-")
+            ),
+            if fs.is_empty() { "-".into() } else { fs },
+            if r.is_empty() {
+                "-".into()
+            } else {
+                r.join(",")
+            },
+            age(a["lastEvaluation"].as_str()),
+        ]);
+    }
+    if rows.len() > 1 {
+        print!("{}", table(&rows));
+    }
+    if !unread.is_empty() {
+        println!(
+            "no readings yet (the autoscaler reads VMs with spec.autoscaling): {}",
+            unread.join(", ")
+        );
     }
     Ok(())
 }
@@ -433,6 +547,16 @@ pub async fn describe(t: &Target, name: &str) -> Result<(), Failure> {
         print!(
             "{}",
             indent(&serde_yaml::to_string(&s["guest"]).unwrap_or_default(), 2)
+        );
+    }
+    if !s["autoscaling"].is_null() {
+        println!("Autoscaling (the target is the desired value of each owned field):");
+        print!(
+            "{}",
+            indent(
+                &serde_yaml::to_string(&s["autoscaling"]).unwrap_or_default(),
+                2
+            )
         );
     }
     println!("Conditions:");

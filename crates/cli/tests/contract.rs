@@ -107,6 +107,24 @@ fn examples_validate() {
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "my-vm: valid\n");
     }
+    for backend in ["local", "kubevirt"] {
+        let out = wukong(
+            &[
+                "validate",
+                "-f",
+                "examples/autoscaling.yaml",
+                "--backend",
+                backend,
+            ],
+            "",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "elastic: valid\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 const HEAD: &str =
@@ -133,6 +151,9 @@ fn cases() -> Vec<(String, i32, &'static str)> {
         ("apiVersion: v1\nkind: Wukong\nmetadata: {name: my-vm}\n".into(), 1, "apiVersion: 'v1' is not vm.novasphere.dev/v1alpha1"),
         ("apiVersion: vm.novasphere.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {name: my-vm}\n".into(), 1, "kind: 'VirtualMachine' is not Wukong"),
         (format!("{HEAD}spec: {{cpu: [}}\n"), 1, "invalid YAML"),
+        (spec("{maxCpu: 8, autoscaling: {cpu: {min: 1, max: 9}}}"), 1, "spec.autoscaling.cpu.max: 9 exceeds maxCpu 8"),
+        (spec("{autoscaling: {disks: [{name: system, maxSize: 40Gi, growAtUsage: 100}]}}"), 1, "spec.autoscaling.disks[0].growAtUsage: 100 is outside 1–99 percent"),
+        (spec("{autoscaling: {disks: [{name: logs, maxSize: 40Gi}]}}"), 1, "spec.autoscaling.disks[0].name: unknown disk 'logs'"),
         (spec("{disks: [{name: system, size: 10Gi}]}"), 2, "disk system is 20Gi and disks never shrink"),
         (spec("{disks: [{name: data, size: 10Gi}]}"), 2, "system is the boot disk and can never be detached"),
     ]

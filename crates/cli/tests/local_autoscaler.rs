@@ -96,6 +96,14 @@ fn cpu_load_scales_vcpus_up_then_down_after_the_window_and_recommend_changes_not
     let o = d.get("as-cpu");
     assert_eq!(o["spec"]["cpu"], 1, "the spec is not the autoscaler's");
     assert_eq!(autoscaling(&o)["target"]["cpu"], 2);
+    let get = String::from_utf8_lossy(&d.wk(&["get", "as-cpu"]).stdout).into_owned();
+    assert!(get.contains("2 (spec 1, autoscaled)"), "{get}");
+    let top = String::from_utf8_lossy(&d.wk(&["top"]).stdout).into_owned();
+    let row = top
+        .lines()
+        .find(|l| l.starts_with("as-cpu"))
+        .unwrap_or_else(|| panic!("{top}"));
+    assert!(row.contains("cpu=2"), "the recommendation in top: {top}");
 
     // Load stopped: no scale-down before the down-window, then back to 1.
     let stopped = jiff::Timestamp::now();

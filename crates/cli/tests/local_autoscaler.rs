@@ -1,4 +1,5 @@
-//! The autoscaler on real VMs of the local daemon (busybox guest): load in the guest leads to
+//! The autoscaler on real VMs of the local daemon (busybox guest, and the stock Debian guest
+//! that onlines nothing by itself and has the cloud-image disk layout): load in the guest leads to
 //! a decision, then to the change verified in the guest; the windows hold scale-downs back.
 //! Only the real clock of a real guest is used, and no assertion is on how fast anything is:
 //! each wait has a generous failure timeout, and the one bound on time that is asserted
@@ -8,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, doc};
+use common::{Daemon, doc, fs_bytes, stock_image};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -243,4 +244,62 @@ fn memory_is_added_before_the_guest_runs_out_and_given_back_after_the_window() {
     let after = d.mem_total_kib("as-mem");
     assert!(after < grown, "MemTotal {grown} -> {after} KiB");
     assert_eq!(d.boot_id("as-mem"), boot);
+}
+
+#[test]
+fn the_stock_guest_gets_vcpus_and_a_grown_root_filesystem_from_its_own_metrics() {
+    let img = stock_image();
+    let args = img.serve_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = Daemon::start(&args);
+    d.apply(&doc(
+        "as-deb",
+        &format!(
+            "  cpu: 1\n  memory: 1Gi\n  maxCpu: 2\n  maxMemory: 2Gi\n  disks:\n  - {{name: system, size: 2Gi, boot: true, source: {{image: {}}}}}\n  autoscaling:\n    cpu: {{min: 1, max: 2, targetUtilization: 60}}\n    disks:\n    - {{name: system, maxSize: 3Gi, growAtUsage: 90, stepPercent: 10, minStep: 256Mi}}\n    intervalSeconds: 5\n",
+            img.disk()
+        ),
+    ));
+    let boot = d.boot_id("as-deb");
+    // The root filesystem read as the guest's df sees it, mapped to the system disk through
+    // its partition (p1, last on the disk; p15 is the EFI partition).
+    let o = d.wait_for("as-deb", "a reading of /", LONG, |o| {
+        autoscaling(o)["metrics"]["filesystems"]
+            .as_array()
+            .is_some_and(|f| {
+                f.iter()
+                    .any(|f| f["disk"] == "system" && f["mountPath"] == "/")
+            })
+    });
+    assert!(autoscaling(&o)["lastChange"].is_null(), "nothing to do yet");
+    let root = fs_bytes(&d, "as-deb", "/");
+    let used: u64 = d
+        .sh("as-deb", "df -k / | tail -1")
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024;
+    // Fill / past 90 %.
+    let fill = (root * 92 / 100).saturating_sub(used) / MIB + 1;
+    d.exec("as-deb", &["fallocate", "-l", &format!("{fill}M"), "/fill"]);
+    load(&d, "as-deb", 2);
+    d.wait_for("as-deb", "2 vCPUs and the grown disk", LONG, |o| {
+        o["status"]["guest"]["cpusOnline"] == 2
+            && autoscaling(o)["target"]["disks"]["system"] == "2304Mi"
+            && o["status"]["operation"].is_null()
+    });
+    d.wait_for("as-deb", "/ grown in the guest", LONG, |_| {
+        fs_bytes(&d, "as-deb", "/") > root + 200 * MIB
+    });
+    assert_eq!(d.online_cpus("as-deb"), 2, "onlined through the agent");
+    assert_eq!(d.disk_bytes("as-deb", "system"), Some(2304 * MIB));
+    let ev = events(&d, "as-deb");
+    assert!(
+        ev.iter()
+            .any(|l| l.contains("autoscaler: disk/system 2Gi -> 2304Mi")),
+        "{ev:#?}"
+    );
+    unload(&d, "as-deb");
+    assert_eq!(d.boot_id("as-deb"), boot, "live");
 }

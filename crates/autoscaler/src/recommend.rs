@@ -32,6 +32,25 @@ pub struct Current {
     pub disks: BTreeMap<String, u64>,
 }
 
+impl Current {
+    /// What a VM whose effective desired configuration is `config` has, with the memory it
+    /// booted with.
+    pub fn of(config: &wukong_api::VmConfig, boot_memory: u64) -> Current {
+        Current {
+            cpu: config.cpu,
+            memory: config.memory,
+            boot_memory,
+            max_cpu: config.max_cpu,
+            max_memory: config.max_memory,
+            disks: config
+                .disks
+                .iter()
+                .map(|d| (d.name.clone(), d.size))
+                .collect(),
+        }
+    }
+}
+
 /// A change the autoscaler decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {

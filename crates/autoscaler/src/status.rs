@@ -52,6 +52,28 @@ fn set(target: &mut Target, c: &Change) {
     }
 }
 
+/// The condition a resource sets that should grow but is at its maximum.
+pub const LIMITED: &str = "AutoscalingLimited";
+
+/// The `AutoscalingLimited` condition an evaluation calls for: `Some((true, message))` while
+/// a resource is held at its maximum, `Some((false, …))` once none is (set it only if the
+/// condition exists), `None` when the evaluation could not tell (no reading).
+pub fn limited(ev: &Evaluation) -> Option<(bool, String)> {
+    let held: Vec<&str> = ev
+        .reasons
+        .iter()
+        .filter(|x| x.contains("at maxSize"))
+        .map(String::as_str)
+        .collect();
+    if !held.is_empty() {
+        Some((true, held.join("; ")))
+    } else if ev.metrics.is_some() {
+        Some((false, "every owned resource can still grow".into()))
+    } else {
+        None
+    }
+}
+
 /// The Event message of one change.
 pub fn describe(c: &Change) -> String {
     format!(

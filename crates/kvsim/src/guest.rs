@@ -31,6 +31,8 @@ pub(crate) struct Guests {
     pub execs: BTreeMap<i64, (i64, String, String)>,
     /// vCPUs each VMI booted with.
     pub boot_cpus: BTreeMap<(String, String), u64>,
+    /// Each VMI's CPU counters (busy and all ticks) and when they were last moved.
+    pub cpu_ticks: BTreeMap<(String, String), (std::time::Instant, f64, f64)>,
     pub next_pid: i64,
 }
 
@@ -167,6 +169,63 @@ impl Sim {
         out
     }
 
+    /// What the metrics script prints: `/proc/stat`'s counters moved by the load the test set
+    /// (100 ticks a second per vCPU), MemTotal and MemAvailable (70 % of it), and `df` of each
+    /// mounted filesystem with the bytes the test said are used.
+    fn guest_metrics(&self, ns: &str, vmi: &Value) -> String {
+        let name = vmi["metadata"]["name"].as_str().unwrap_or_default();
+        let (_, online) = self.guest_cpus(ns, vmi);
+        let (load, used) = {
+            let f = self.faults.lock().expect("faults");
+            (
+                f.cpu_load.get(name).copied().unwrap_or(0.0),
+                f.fs_used.clone(),
+            )
+        };
+        let mut g = self.guests.lock().expect("guests");
+        let now = std::time::Instant::now();
+        let t = g
+            .cpu_ticks
+            .entry((ns.to_string(), name.to_string()))
+            .or_insert((now, 0.0, 0.0));
+        let secs = now.duration_since(t.0).as_secs_f64();
+        t.0 = now;
+        t.1 += load.min(online as f64) * secs * 100.0;
+        t.2 += online as f64 * secs * 100.0;
+        let (busy, total) = (t.1 as u64, t.2 as u64);
+        let memory = bytes(&vmi["status"]["memory"]["guestCurrent"]).unwrap_or(0) / 1024;
+        let mut out = format!(
+            "stat cpu  {busy} 0 0 {} 0 0 0 0 0 0\nmeminfo MemTotal: {memory}\nmeminfo MemAvailable: {}\n",
+            total.saturating_sub(busy),
+            memory * 7 / 10
+        );
+        let spec = &vmi["spec"];
+        for d in spec["domain"]["devices"]["disks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let disk = d["name"].as_str().unwrap_or_default();
+            let Some(c) = named(&spec["volumes"], disk).and_then(claim) else {
+                continue;
+            };
+            if let Some(Disk {
+                fs:
+                    Some(Fs {
+                        mount: Some(m),
+                        size,
+                        ..
+                    }),
+                ..
+            }) = g.disks.get(&(ns.to_string(), c.to_string()))
+            {
+                let u = used.get(c).copied().unwrap_or(size / 50).min(*size);
+                out += &format!("dfk {m} {} {}\n", size / 1024, u / 1024);
+            }
+        }
+        out
+    }
+
     /// Runs one command in the simulated guest: exit code, stdout, stderr.
     fn guest_run(&self, ns: &str, vmi: &Value, argv: &[String]) -> (i64, String, String) {
         // `timeout -s KILL SECS prog args…` runs prog (nothing here takes that long).
@@ -275,6 +334,11 @@ impl Sim {
                     ),
                 }
             }
+            "sh" if arg(1) == "-c" && arg(2).contains("/proc/stat") => (
+                0,
+                self.guest_probe(ns, vmi) + &self.guest_metrics(ns, vmi),
+                String::new(),
+            ),
             "sh" if arg(1) == "-c" => (0, self.guest_probe(ns, vmi), String::new()),
             // The first bytes of a disk: zeros, unless a filesystem was made on it.
             "head" if arg(1) == "-c" => with_disk(last, &mut |d| {

@@ -21,7 +21,7 @@ mod guest;
 mod objects;
 mod serve;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,6 +57,10 @@ pub struct Faults {
     pub import_stuck: HashSet<String>,
     /// DataVolumes whose import stops halfway (ImportInProgress, 47.00%) until taken out.
     pub import_held: HashSet<String>,
+    /// Work running in a VM's guest, in vCPUs kept busy (its `/proc/stat` counters move so).
+    pub cpu_load: HashMap<String, f64>,
+    /// Bytes used on the filesystem of a disk, by PVC name (else a fiftieth of it).
+    pub fs_used: HashMap<String, u64>,
 }
 
 /// What a controller worker is asked to look at.

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wukong_api::autoscaling::{AutoscalingStatus, DEFAULT_INTERVAL, Policy};
-use wukong_autoscaler::{Current, Recommender, status};
+use wukong_autoscaler::status::{self, LIMITED};
+use wukong_autoscaler::{Current, Recommender};
 use wukong_engine::VmRef;
+use wukong_engine::status::set_condition;
 
 use crate::daemon::{Daemon, desired_config};
 use crate::store::StoreError;
-
-/// The condition a disk that should grow but is at its maxSize sets.
-pub const LIMITED: &str = "AutoscalingLimited";
 
 /// Runs the autoscaler of `vm` until its record is gone.
 pub async fn run(daemon: Arc<Daemon>, vm: VmRef) {
@@ -61,18 +60,7 @@ async fn evaluate(
     let Ok(config) = desired_config(&rec) else {
         return;
     };
-    let current = Current {
-        cpu: config.cpu,
-        memory: config.memory,
-        boot_memory: rec.boot_memory,
-        max_cpu: config.max_cpu,
-        max_memory: config.max_memory,
-        disks: config
-            .disks
-            .iter()
-            .map(|d| (d.name.clone(), d.size))
-            .collect(),
-    };
+    let current = Current::of(&config, rec.boot_memory);
     let st = rec.object.status.as_ref();
     let busy = st
         .and_then(|s| s.operation.as_ref())
@@ -84,35 +72,25 @@ async fn evaluate(
         let s = r.object.status.get_or_insert_with(Default::default);
         let a = s.autoscaling.get_or_insert_with(AutoscalingStatus::default);
         changed = status::record(a, policy, &ev, &now);
-        let limited: Vec<&String> = ev
-            .reasons
-            .iter()
-            .filter(|x| x.contains("at maxSize"))
-            .collect();
         let generation = r.object.metadata.generation;
-        if !limited.is_empty() {
-            let msg = limited
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            wukong_engine::status::set_condition(
+        match status::limited(&ev) {
+            Some((true, msg)) => set_condition(
                 &mut s.conditions,
                 LIMITED,
                 true,
                 "AtMaxSize",
                 &msg,
                 generation,
-            );
-        } else if s.conditions.iter().any(|c| c.type_ == LIMITED) {
-            wukong_engine::status::set_condition(
+            ),
+            Some((false, msg)) if s.conditions.iter().any(|c| c.type_ == LIMITED) => set_condition(
                 &mut s.conditions,
                 LIMITED,
                 false,
                 "WithinBounds",
-                "every owned resource can still grow",
+                &msg,
                 generation,
-            );
+            ),
+            _ => {}
         }
         Ok(())
     });

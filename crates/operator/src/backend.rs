@@ -501,6 +501,19 @@ impl KubevirtBackend {
         }
     }
 
+    /// The autoscaler's reading of `vm`'s guest, taken at `at` seconds on the caller's clock.
+    pub async fn metrics(
+        &self,
+        vm: &VmRef,
+        at: f64,
+    ) -> Result<wukong_autoscaler::Sample, BackendError> {
+        let agent = crate::guest::VmAgent {
+            guest: &self.guest,
+            vm,
+        };
+        self.guest.ops(&agent).metrics(at).await
+    }
+
     async fn in_guest(
         &self,
         vm: &VmRef,

@@ -102,6 +102,7 @@ pub struct Context {
     failures: Mutex<HashMap<VmRef, u32>>,
     /// The resourceVersion of each Wukong's last status write.
     written: Mutex<HashMap<VmRef, String>>,
+    autoscalers: crate::autoscale::Autoscalers,
 }
 
 impl Context {
@@ -114,8 +115,27 @@ impl Context {
 }
 
 /// The desired configuration of a Wukong on a cluster: creation defaults resolved, the
-/// ceilings and boot disk pinned in status once chosen.
+/// ceilings and boot disk pinned in status once chosen, the fields the autoscaler owns taken
+/// from its target (`Auto` mode).
 pub fn desired_config(w: &Wukong) -> Result<(VmConfig, Pinned), FieldErrors> {
+    let (mut config, pinned) = configured(w)?;
+    if let (Some(spec), Some(target)) = (
+        &config.autoscaling,
+        w.status
+            .as_ref()
+            .and_then(|s| s.autoscaling.as_ref())
+            .and_then(|a| a.target.as_ref()),
+    ) {
+        let policy = wukong_api::autoscaling::Policy::of(spec);
+        if policy.mode == wukong_api::autoscaling::AutoscalingMode::Auto {
+            wukong_api::autoscaling::apply_target(&mut config, &policy, target);
+        }
+    }
+    Ok((config, pinned))
+}
+
+/// The configuration the spec and the pinned values make.
+fn configured(w: &Wukong) -> Result<(VmConfig, Pinned), FieldErrors> {
     let name = w.name_any();
     // The CRD holds the same rule; an object stored before it (or past it) is refused here.
     if let Err(reason) = wukong_api::document::check_object_name(&name) {
@@ -557,10 +577,27 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
                 ctx.retry_later(&vm)
             } else {
                 ctx.failures.lock().expect("failures").remove(&vm);
-                if report.pending.is_some() {
-                    Action::requeue(Duration::from_secs(60))
+                let next = if report.pending.is_some() {
+                    Duration::from_secs(60)
                 } else {
-                    Action::requeue(ctx.opts.resync)
+                    ctx.opts.resync
+                };
+                let running = ctx.backend.phase(&vm) == Some(wukong_api::Phase::Running);
+                match ctx
+                    .autoscalers
+                    .evaluate(
+                        &ctx.backend,
+                        &ctx.recorder(),
+                        &w.object_ref(&()),
+                        &vm,
+                        &config,
+                        running,
+                        &mut status,
+                    )
+                    .await
+                {
+                    Some(a) => Action::requeue(a.after.min(next)),
+                    None => Action::requeue(next),
                 }
             })
         }
@@ -672,6 +709,7 @@ async fn cleanup(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         )
         .await;
     ctx.backend.forget(&vm);
+    ctx.autoscalers.forget(&vm);
     ctx.written.lock().expect("written").remove(&vm);
     ctx.failures.lock().expect("failures").remove(&vm);
     ctx.metrics.pending(&vm, false);
@@ -767,6 +805,7 @@ pub async fn run(
         ops: AtomicU64::new(0),
         failures: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
+        autoscalers: Default::default(),
     });
     let wc = watcher::Config::default();
     // Only what the user changes starts a reconcile (spec → generation, deletion, finalizers,

@@ -9,6 +9,7 @@
 //! - [`writes`]: strict field validation on every object the operator writes.
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod backend;
 pub mod controller;
 pub mod guest;

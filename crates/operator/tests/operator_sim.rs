@@ -443,3 +443,53 @@ async fn a_disk_with_a_source_added_later_is_imported_then_hot_plugged() {
         vmi["spec"]["volumes"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_raises_sockets_from_cpu_load_and_grows_a_filling_disk() {
+    let c = Cluster::start().await;
+    c.create(
+        "w",
+        "  cpu: 1\n  memory: 2Gi\n  maxCpu: 4\n  maxMemory: 4Gi\n  disks:\n  - {name: system, size: 10Gi}\n  - {name: data, size: 20Gi, filesystem: {type: ext4, mountPath: /data}}\n  autoscaling:\n    cpu: {min: 1, max: 2, targetUtilization: 60}\n    disks:\n    - {name: data, maxSize: 40Gi, growAtUsage: 80, minStep: 1Gi}\n    intervalSeconds: 5\n",
+    )
+    .await;
+    c.converged("w").await;
+    c.until("a first reading", T, |c| {
+        c.wukong("w")
+            .is_some_and(|w| w["status"]["autoscaling"]["metrics"]["memoryTotal"].is_string())
+    })
+    .await;
+    let w = c.wukong("w").unwrap();
+    assert!(
+        w["status"]["autoscaling"]["lastChange"].is_null(),
+        "idle: nothing to do: {}",
+        w["status"]["autoscaling"]
+    );
+    // Two vCPUs' worth of work on one, and the data filesystem 85 % full.
+    c.kubevirt().faults(|f| {
+        f.cpu_load.insert("w".into(), 2.0);
+        f.fs_used.insert("w-data".into(), 17 << 30);
+    });
+    c.until("2 sockets and the data filesystem grown", 3 * T, |c| {
+        c.vm("w").is_some_and(|vm| sockets(&vm) == 2)
+            && fs_total(c, "w", "/data").is_some_and(|t| t >= 25 << 30)
+    })
+    .await;
+    assert_eq!(
+        c.pvc("w-data").unwrap()["spec"]["resources"]["requests"]["storage"],
+        "25Gi",
+        "raised by stepPercent (25 %) once: 17Gi of 25Gi is below growAtUsage"
+    );
+    let w = c.wukong("w").unwrap();
+    let a = &w["status"]["autoscaling"];
+    assert_eq!(a["target"]["cpu"], 2, "{a}");
+    assert_eq!(a["target"]["disks"]["data"], "25Gi", "{a}");
+    assert_eq!(w["spec"]["cpu"], 1, "the spec stays the user's");
+    c.until("the Autoscaled events", T, |c| {
+        c.event_reasons("w")
+            .iter()
+            .filter(|r| *r == "Autoscaled")
+            .count()
+            >= 2
+    })
+    .await;
+}

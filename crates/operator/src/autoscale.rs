@@ -1,0 +1,184 @@
+//! The operator's autoscaler: after a reconcile that leaves a VM converged, a Wukong with
+//! `spec.autoscaling` whose interval has passed is read through the guest agent (the same
+//! guest-operations layer and reading as locally), evaluated by the pure recommender, and
+//! its `status.autoscaling` written; a changed target is the desired state of the next
+//! reconcile (`controller::desired_config` applies it), asked for at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use wukong_api::autoscaling::{AutoscalingStatus, Policy};
+use wukong_api::{VmConfig, WukongStatus};
+use wukong_autoscaler::status::{self, LIMITED};
+use wukong_autoscaler::{Current, Recommender};
+use wukong_engine::VmRef;
+use wukong_engine::status::set_condition;
+
+use crate::backend::KubevirtBackend;
+
+/// Each autoscaled VM's recommender and when it was last evaluated.
+pub struct Autoscalers {
+    clock: Instant,
+    vms: Mutex<HashMap<VmRef, (Recommender, Option<Instant>)>>,
+}
+
+impl Default for Autoscalers {
+    fn default() -> Self {
+        Autoscalers {
+            clock: Instant::now(),
+            vms: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What one evaluation asks of the controller.
+pub struct Next {
+    /// Look again after this long.
+    pub after: Duration,
+    /// The target changed: reconcile at once to apply it.
+    pub changed: bool,
+}
+
+impl Autoscalers {
+    /// Forgets `vm` (deleted).
+    pub fn forget(&self, vm: &VmRef) {
+        self.vms.lock().expect("autoscalers").remove(vm);
+    }
+
+    /// Evaluates `vm` (effective desired configuration `config`) into `status` if its
+    /// interval has passed. `None`: it owns nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn evaluate(
+        &self,
+        backend: &KubevirtBackend,
+        recorder: &Recorder,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        vm: &VmRef,
+        config: &VmConfig,
+        running: bool,
+        status: &mut WukongStatus,
+    ) -> Option<Next> {
+        let policy = Policy::of(config.autoscaling.as_ref()?);
+        let interval = Duration::from_secs(policy.interval.into());
+        let (mut rec, last) = self
+            .vms
+            .lock()
+            .expect("autoscalers")
+            .remove(vm)
+            .unwrap_or_default();
+        // A reconcile brought by something else is not an evaluation (half a second's slack
+        // for a requeue that comes a little early).
+        if let Some(at) = last.filter(|at| at.elapsed() + Duration::from_millis(500) < interval) {
+            let after = interval - at.elapsed().min(interval);
+            self.vms
+                .lock()
+                .expect("autoscalers")
+                .insert(vm.clone(), (rec, last));
+            return Some(Next {
+                after,
+                changed: false,
+            });
+        }
+        let at = self.clock.elapsed().as_secs_f64();
+        let reading = if running {
+            backend.metrics(vm, at).await.map_err(|e| e.to_string())
+        } else {
+            Err("the VM is not running".into())
+        };
+        let boot_memory = status
+            .boot_memory
+            .as_ref()
+            .and_then(|q| q.bytes().ok())
+            .unwrap_or(config.memory);
+        let current = Current::of(config, boot_memory);
+        let ev = rec.evaluate(&policy, &current, reading, None);
+        let now = jiff::Timestamp::now().to_string();
+        let changed = status::record(
+            status
+                .autoscaling
+                .get_or_insert_with(AutoscalingStatus::default),
+            &policy,
+            &ev,
+            &now,
+        );
+        match status::limited(&ev) {
+            Some((true, msg)) => set_condition(
+                &mut status.conditions,
+                LIMITED,
+                true,
+                "AtMaxSize",
+                &msg,
+                None,
+            ),
+            Some((false, msg)) if status.conditions.iter().any(|c| c.type_ == LIMITED) => {
+                set_condition(
+                    &mut status.conditions,
+                    LIMITED,
+                    false,
+                    "WithinBounds",
+                    &msg,
+                    None,
+                )
+            }
+            _ => {}
+        }
+        for w in &ev.warnings {
+            publish(
+                recorder,
+                reference,
+                EventType::Warning,
+                "AutoscalingLimited",
+                w,
+            )
+            .await;
+        }
+        if changed {
+            for c in &ev.changes {
+                publish(
+                    recorder,
+                    reference,
+                    EventType::Normal,
+                    "Autoscaled",
+                    &status::describe(c),
+                )
+                .await;
+            }
+            rec.applied(&ev.changes, at);
+        }
+        self.vms
+            .lock()
+            .expect("autoscalers")
+            .insert(vm.clone(), (rec, Some(Instant::now())));
+        Some(Next {
+            after: if changed {
+                Duration::from_millis(100)
+            } else {
+                interval
+            },
+            changed,
+        })
+    }
+}
+
+async fn publish(
+    recorder: &Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let _ = recorder
+        .publish(
+            &KubeEvent {
+                type_,
+                reason: reason.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "Autoscale".into(),
+                secondary: None,
+            },
+            reference,
+        )
+        .await;
+}

@@ -270,20 +270,7 @@ pub async fn plan(t: &Target, docs: Vec<Document>, output: Format) -> Result<(),
 /// `wukong get [NAME]`.
 pub async fn get(t: &Target, name: Option<&str>, output: crate::GetFormat) -> Result<(), Failure> {
     let client = t.client().await?;
-    let items: Vec<Value> = match name {
-        Some(n) => vec![client.call(Method::GET, &t.path(n), None).await?.0],
-        None => client
-            .call(
-                Method::GET,
-                &format!("{PREFIX}/namespaces/{}/wukongs", t.namespace),
-                None,
-            )
-            .await?
-            .0["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default(),
-    };
+    let items = objects(t, &client, name).await?;
     match output {
         crate::GetFormat::Json => {
             let v = if name.is_some() {
@@ -348,19 +335,8 @@ pub async fn get(t: &Target, name: Option<&str>, output: crate::GetFormat) -> Re
     Ok(())
 }
 
-/// A field's value in effect: the spec's, or the autoscaler's target with the spec's beside it.
-fn autoscaled(spec: &Value, target: &Value) -> String {
-    let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
-    if target.is_null() || target == spec {
-        show(spec)
-    } else {
-        format!("{} (spec {}, autoscaled)", show(target), show(spec))
-    }
-}
-
-/// `wukong top [NAME]`.
-pub async fn top(t: &Target, name: Option<&str>) -> Result<(), Failure> {
-    let client = t.client().await?;
+/// The VM `name`, or every VM of the namespace.
+async fn objects(t: &Target, client: &Client, name: Option<&str>) -> Result<Vec<Value>, Failure> {
     let items: Vec<Value> = match name {
         Some(n) => vec![client.call(Method::GET, &t.path(n), None).await?.0],
         None => client
@@ -375,6 +351,23 @@ pub async fn top(t: &Target, name: Option<&str>) -> Result<(), Failure> {
             .cloned()
             .unwrap_or_default(),
     };
+    Ok(items)
+}
+
+/// A field's value in effect: the spec's, or the autoscaler's target with the spec's beside it.
+fn autoscaled(spec: &Value, target: &Value) -> String {
+    let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    if target.is_null() || target == spec {
+        show(spec)
+    } else {
+        format!("{} (spec {}, autoscaled)", show(target), show(spec))
+    }
+}
+
+/// `wukong top [NAME]`.
+pub async fn top(t: &Target, name: Option<&str>) -> Result<(), Failure> {
+    let client = t.client().await?;
+    let items = objects(t, &client, name).await?;
     let mut rows = vec![
         [
             "NAME",

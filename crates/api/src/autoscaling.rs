@@ -370,6 +370,20 @@ pub fn apply_target(config: &mut VmConfig, policy: &Policy, target: &Target) {
     }
 }
 
+/// Makes `config` (from the spec) the effective desired configuration of a VM whose status is
+/// `status`: the owned fields from the autoscaler's target, in `Auto` mode only.
+pub fn effective(config: &mut VmConfig, status: Option<&crate::types::WukongStatus>) {
+    let target = status
+        .and_then(|s| s.autoscaling.as_ref())
+        .and_then(|a| a.target.as_ref());
+    if let (Some(spec), Some(target)) = (&config.autoscaling, target) {
+        let policy = Policy::of(spec);
+        if policy.mode == AutoscalingMode::Auto {
+            apply_target(config, &policy, target);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,10 +55,10 @@ fn set(target: &mut Target, c: &Change) {
 /// The condition a resource sets that should grow but is at its maximum.
 pub const LIMITED: &str = "AutoscalingLimited";
 
-/// The `AutoscalingLimited` condition an evaluation calls for: `Some((true, message))` while
-/// a resource is held at its maximum, `Some((false, …))` once none is (set it only if the
-/// condition exists), `None` when the evaluation could not tell (no reading).
-pub fn limited(ev: &Evaluation) -> Option<(bool, String)> {
+/// The `AutoscalingLimited` condition an evaluation calls for, as (status, reason, message):
+/// true while a resource is held at its maximum; false once none is, but only for a VM that
+/// `has` the condition already; nothing when the evaluation could not tell (no reading).
+pub fn limited(ev: &Evaluation, has: bool) -> Option<(bool, &'static str, String)> {
     let held: Vec<&str> = ev
         .reasons
         .iter()
@@ -66,9 +66,13 @@ pub fn limited(ev: &Evaluation) -> Option<(bool, String)> {
         .map(String::as_str)
         .collect();
     if !held.is_empty() {
-        Some((true, held.join("; ")))
-    } else if ev.metrics.is_some() {
-        Some((false, "every owned resource can still grow".into()))
+        Some((true, "AtMaxSize", held.join("; ")))
+    } else if has && ev.metrics.is_some() {
+        Some((
+            false,
+            "WithinBounds",
+            "every owned resource can still grow".into(),
+        ))
     } else {
         None
     }

@@ -73,24 +73,9 @@ async fn evaluate(
         let a = s.autoscaling.get_or_insert_with(AutoscalingStatus::default);
         changed = status::record(a, policy, &ev, &now);
         let generation = r.object.metadata.generation;
-        match status::limited(&ev) {
-            Some((true, msg)) => set_condition(
-                &mut s.conditions,
-                LIMITED,
-                true,
-                "AtMaxSize",
-                &msg,
-                generation,
-            ),
-            Some((false, msg)) if s.conditions.iter().any(|c| c.type_ == LIMITED) => set_condition(
-                &mut s.conditions,
-                LIMITED,
-                false,
-                "WithinBounds",
-                &msg,
-                generation,
-            ),
-            _ => {}
+        let has = s.conditions.iter().any(|c| c.type_ == LIMITED);
+        if let Some((on, reason, msg)) = status::limited(&ev, has) {
+            set_condition(&mut s.conditions, LIMITED, on, reason, &msg, generation);
         }
         Ok(())
     });

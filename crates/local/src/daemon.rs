@@ -81,19 +81,7 @@ pub fn host_limits() -> HostLimits {
 pub fn desired_config(rec: &VmRecord) -> Result<VmConfig, wukong_api::FieldErrors> {
     let vm = record_ref(rec);
     let mut cfg = resolve(&vm.name, &rec.object.spec, &rec.pinned)?;
-    if let (Some(spec), Some(target)) = (
-        &cfg.autoscaling,
-        rec.object
-            .status
-            .as_ref()
-            .and_then(|s| s.autoscaling.as_ref())
-            .and_then(|a| a.target.as_ref()),
-    ) {
-        let policy = wukong_api::autoscaling::Policy::of(spec);
-        if policy.mode == wukong_api::autoscaling::AutoscalingMode::Auto {
-            wukong_api::autoscaling::apply_target(&mut cfg, &policy, target);
-        }
-    }
+    wukong_api::autoscaling::effective(&mut cfg, rec.object.status.as_ref());
     if cfg.run_strategy == RunStrategy::Once
         && rec
             .object

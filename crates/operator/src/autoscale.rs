@@ -35,10 +35,8 @@ impl Default for Autoscalers {
 
 /// What one evaluation asks of the controller.
 pub struct Next {
-    /// Look again after this long.
+    /// Look again after this long (at once after a change, to apply it).
     pub after: Duration,
-    /// The target changed: reconcile at once to apply it.
-    pub changed: bool,
 }
 
 impl Autoscalers {
@@ -76,10 +74,7 @@ impl Autoscalers {
                 .lock()
                 .expect("autoscalers")
                 .insert(vm.clone(), (rec, last));
-            return Some(Next {
-                after,
-                changed: false,
-            });
+            return Some(Next { after });
         }
         let at = self.clock.elapsed().as_secs_f64();
         let reading = if running {
@@ -103,26 +98,9 @@ impl Autoscalers {
             &ev,
             &now,
         );
-        match status::limited(&ev) {
-            Some((true, msg)) => set_condition(
-                &mut status.conditions,
-                LIMITED,
-                true,
-                "AtMaxSize",
-                &msg,
-                None,
-            ),
-            Some((false, msg)) if status.conditions.iter().any(|c| c.type_ == LIMITED) => {
-                set_condition(
-                    &mut status.conditions,
-                    LIMITED,
-                    false,
-                    "WithinBounds",
-                    &msg,
-                    None,
-                )
-            }
-            _ => {}
+        let has = status.conditions.iter().any(|c| c.type_ == LIMITED);
+        if let Some((on, reason, msg)) = status::limited(&ev, has) {
+            set_condition(&mut status.conditions, LIMITED, on, reason, &msg, None);
         }
         for w in &ev.warnings {
             publish(
@@ -157,7 +135,6 @@ impl Autoscalers {
             } else {
                 interval
             },
-            changed,
         })
     }
 }

@@ -119,18 +119,7 @@ impl Context {
 /// from its target (`Auto` mode).
 pub fn desired_config(w: &Wukong) -> Result<(VmConfig, Pinned), FieldErrors> {
     let (mut config, pinned) = configured(w)?;
-    if let (Some(spec), Some(target)) = (
-        &config.autoscaling,
-        w.status
-            .as_ref()
-            .and_then(|s| s.autoscaling.as_ref())
-            .and_then(|a| a.target.as_ref()),
-    ) {
-        let policy = wukong_api::autoscaling::Policy::of(spec);
-        if policy.mode == wukong_api::autoscaling::AutoscalingMode::Auto {
-            wukong_api::autoscaling::apply_target(&mut config, &policy, target);
-        }
-    }
+    wukong_api::autoscaling::effective(&mut config, w.status.as_ref());
     Ok((config, pinned))
 }
 

@@ -89,6 +89,8 @@ pub struct Evaluation {
     pub warnings: Vec<String>,
     /// The figures of this reading.
     pub metrics: Option<GuestMetrics>,
+    /// The reading was taken while a change was under way: it was not judged.
+    pub busy: bool,
 }
 
 /// A series of recommendations over time.
@@ -163,6 +165,7 @@ impl Recommender {
         let fill_rates = self.fill_rates(policy, &sample);
         ev.metrics = Some(metrics(&sample, utilization, &fill_rates));
         if let Some(why) = busy {
+            ev.busy = true;
             ev.reasons.push(format!("{why}; waiting for it to finish"));
             return ev;
         }
@@ -403,10 +406,17 @@ impl Recommender {
     }
 
     /// Tells the recommender that `changes` were made at `at` (a scale-down starts its
-    /// resource's cooldown). Recommend mode never calls it.
+    /// resource's cooldown; a grown disk's fill rate starts again). Recommend mode never calls it.
     pub fn applied(&mut self, changes: &[Change], at: f64) {
-        for c in changes.iter().filter(|c| c.to < c.from) {
-            self.last_down.insert(c.resource.clone(), at);
+        for c in changes {
+            if c.to < c.from {
+                self.last_down.insert(c.resource.clone(), at);
+            }
+            // A grown disk's fill rate is measured afresh: a rate from before the grow
+            // (a one-off copy of a large file, say) already had its answer.
+            if let Some(disk) = c.resource.strip_prefix("disk/") {
+                self.used.remove(disk);
+            }
         }
     }
 

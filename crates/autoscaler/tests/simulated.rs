@@ -235,6 +235,33 @@ fn a_steady_writer_grows_the_disk_in_steps_up_to_max_size_then_a_warning_once() 
 }
 
 #[test]
+fn a_one_off_large_write_grows_the_disk_once() {
+    let p = policy(serde_json::json!({
+        "intervalSeconds": 5,
+        "disks": [{"name": "data", "maxSize": "2Gi", "growAtUsage": 90, "stepPercent": 10,
+                   "minStep": "64Mi"}]
+    }));
+    let mut g = Guest::new(1, 512 * MI);
+    let mut r = Recommender::default();
+    for _ in 0..3 {
+        g.now += 5.0;
+        assert!(g.step(&mut r, &p).is_empty(), "nothing to do at 10 MiB");
+    }
+    // 232 MiB at once: 92 % of the filesystem; the rate over the readings says "full soon" too.
+    g.now += 5.0;
+    g.fs_used = 242 * MI;
+    let first = g.step(&mut r, &p);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(g.current.disks["data"], 320 * MI);
+    // Nothing more is written: the grow answered it, whatever the old rate said.
+    for _ in 0..20 {
+        g.now += 5.0;
+        let more = g.step(&mut r, &p);
+        assert!(more.is_empty(), "grown again at {} s: {more:?}", g.now);
+    }
+}
+
+#[test]
 fn memory_goes_up_on_an_oom_kill_and_back_after_the_down_window() {
     let p = policy(serde_json::json!({
         "memory": {"min": "256Mi", "max": "2Gi"},

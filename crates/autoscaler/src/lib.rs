@@ -4,10 +4,12 @@
 //! carries their table, property and simulated-time tests.
 #![forbid(unsafe_code)]
 
+pub mod export;
 pub mod recommend;
 pub mod rules;
 pub mod sample;
 pub mod status;
 
+pub use export::AutoscalerMetrics;
 pub use recommend::{Change, Current, Evaluation, Recommender};
 pub use sample::{CpuSample, FsSample, MemorySample, Sample};

@@ -160,6 +160,12 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// The daemon's Prometheus exposition (`/metrics`): the autoscaler's per-VM figures and
+    /// counters.
+    Metrics {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// Spec, what the guest has, conditions, pending restarts, operations and events.
     Describe {
         /// VM name.
@@ -417,6 +423,7 @@ async fn run(command: Command) -> Result<i32, Failure> {
         } => ok(remote::get(&target.target(), name.as_deref(), output).await),
         Command::Describe { name, target } => ok(remote::describe(&target.target(), &name).await),
         Command::Top { name, target } => ok(remote::top(&target.target(), name.as_deref()).await),
+        Command::Metrics { target } => ok(remote::metrics(&target.target()).await),
         Command::Delete {
             name,
             delete_disks,

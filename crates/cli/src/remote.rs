@@ -776,6 +776,14 @@ pub async fn logs(t: &Target, name: &str, tail: Option<usize>) -> Result<(), Fai
     Ok(())
 }
 
+/// `wukong metrics`.
+pub async fn metrics(t: &Target) -> Result<(), Failure> {
+    let client = t.client().await?;
+    let (v, _) = client.call(Method::GET, "/metrics", None).await?;
+    print!("{}", v.as_str().unwrap_or(""));
+    Ok(())
+}
+
 /// `wukong wait NAME --for=condition=TYPE[=STATUS]`.
 pub async fn wait(
     t: &Target,

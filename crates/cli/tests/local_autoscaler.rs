@@ -105,6 +105,14 @@ fn cpu_load_scales_vcpus_up_then_down_after_the_window_and_recommend_changes_not
         .find(|l| l.starts_with("as-cpu"))
         .unwrap_or_else(|| panic!("{top}"));
     assert!(row.contains("cpu=2"), "the recommendation in top: {top}");
+    let metrics = String::from_utf8_lossy(&d.wk(&["metrics"]).stdout).into_owned();
+    for line in [
+        r#"wukong_autoscaler_changes_total{namespace="default",name="as-cpu",resource="cpu",direction="up"} 1"#,
+        r#"wukong_autoscaler_recommendation{namespace="default",name="as-cpu",resource="cpu"} 2"#,
+        r#"wukong_guest_cpu_utilization_percent{namespace="default",name="as-cpu"} "#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in /metrics:\n{metrics}");
+    }
 
     // Load stopped: no scale-down before the down-window, then back to 1.
     let stopped = jiff::Timestamp::now();

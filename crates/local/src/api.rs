@@ -157,6 +157,7 @@ pub fn paths() -> Vec<String> {
             .map(|(sub, _)| format!("{one}/{sub}")),
     );
     v.push("/healthz".into());
+    v.push("/metrics".into());
     v
 }
 
@@ -170,12 +171,25 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             get(list).post(create),
         )
         .route(&one, get(read).patch(patch).delete(delete))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics));
     for (sub, handler) in subresources() {
         r = r.route(&format!("{one}/{sub}"), handler);
     }
     r.layer(middleware::from_fn(names_checked))
         .with_state(daemon)
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        daemon.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Refuses a request whose namespace or name in the path is not a DNS label (the rule

@@ -25,8 +25,9 @@ pub async fn run(daemon: Arc<Daemon>, vm: VmRef) {
             return;
         };
         let Some(spec) = rec.object.spec.autoscaling.clone() else {
-            // Nothing owned: forget the history, look again later.
+            // Nothing owned: forget the history and the figures, look again later.
             recommender = Recommender::default();
+            daemon.metrics.autoscaler.forget(&vm.namespace, &vm.name);
             tokio::time::sleep(Duration::from_secs(DEFAULT_INTERVAL.into())).await;
             continue;
         };
@@ -82,6 +83,10 @@ async fn evaluate(
     for w in &ev.warnings {
         daemon.notice(vm, format!("autoscaler: {w}"), true);
     }
+    daemon
+        .metrics
+        .autoscaler
+        .observe(&vm.namespace, &vm.name, policy, &ev, changed);
     let Ok(rec) = updated else { return };
     if changed {
         for c in &ev.changes {

@@ -53,6 +53,8 @@ pub struct Daemon {
     pub tick: Duration,
     /// Engine timeouts.
     engine_timeouts: Mutex<Timeouts>,
+    /// What `/metrics` serves.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Host limits: vCPUs up to 8 per host core (TCG runs them as threads), memory up to three
@@ -172,6 +174,7 @@ impl Daemon {
             workers: Mutex::new(HashMap::new()),
             tick: Duration::from_secs(5),
             engine_timeouts: Mutex::new(Timeouts::default()),
+            metrics: Default::default(),
         })
     }
 
@@ -266,6 +269,7 @@ impl Daemon {
             let _ = w.task.await;
             let _ = w.autoscaler.await;
         }
+        self.metrics.autoscaler.forget(&vm.namespace, &vm.name);
     }
 
     async fn work(

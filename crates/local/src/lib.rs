@@ -10,6 +10,7 @@ pub mod client;
 pub mod daemon;
 pub mod image;
 pub mod machine;
+pub mod metrics;
 pub mod paths;
 pub mod process;
 pub mod qga;

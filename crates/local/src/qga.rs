@@ -3,13 +3,19 @@
 //! Guest commands are argv lists, never shell strings built from input.
 
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use qapi::qga;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use wukong_engine::BackendError;
 pub use wukong_guest::ExecOutput;
+
+/// Agent commands this process sent, by command: the daemon's `wukong_agent_calls_total`.
+pub static CALLS: LazyLock<Family<Vec<(String, String)>, Counter>> = LazyLock::new(Family::default);
 
 type Service =
     qapi::futures::QapiService<qapi::futures::QgaStreamTokio<tokio::io::WriteHalf<UnixStream>>>;
@@ -87,6 +93,9 @@ impl Qga {
         C: qga::QgaCommand + 'static,
     {
         let name = C::NAME;
+        CALLS
+            .get_or_create(&vec![("command".into(), name.into())])
+            .inc();
         match tokio::time::timeout(timeout, self.service.execute(command)).await {
             Err(_) => Err(timeout_err(name, timeout)),
             Ok(Err(qapi::ExecuteError::Qapi(e))) => Err(BackendError::Failed(format!(

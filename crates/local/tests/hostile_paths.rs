@@ -128,6 +128,34 @@ async fn host_images_over_tcp_come_only_from_trusted_directories() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_tcp_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    home.ensure().unwrap();
+    let token = "fedcba9876543210fedcba9876543210";
+    let app = wukong_local::api::with_token(
+        wukong_local::api::router(daemon(&home, Vec::new())),
+        token.into(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    assert_eq!(send(addr, "GET", b"/metrics", ""), 401, "no token");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("# EOF\n"), "an OpenMetrics exposition: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_namespaces_and_names_are_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     // Deep enough that a traversal of three levels still lands inside the watched tree.

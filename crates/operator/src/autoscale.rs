@@ -5,7 +5,7 @@
 //! reconcile (`controller::desired_config` applies it), asked for at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -17,20 +17,13 @@ use wukong_engine::VmRef;
 use wukong_engine::status::set_condition;
 
 use crate::backend::KubevirtBackend;
+use crate::metrics::Metrics;
 
 /// Each autoscaled VM's recommender and when it was last evaluated.
 pub struct Autoscalers {
     clock: Instant,
     vms: Mutex<HashMap<VmRef, (Recommender, Option<Instant>)>>,
-}
-
-impl Default for Autoscalers {
-    fn default() -> Self {
-        Autoscalers {
-            clock: Instant::now(),
-            vms: Mutex::new(HashMap::new()),
-        }
-    }
+    metrics: Arc<Metrics>,
 }
 
 /// What one evaluation asks of the controller.
@@ -40,9 +33,19 @@ pub struct Next {
 }
 
 impl Autoscalers {
+    /// No VM yet; each evaluation exported through `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Autoscalers {
+        Autoscalers {
+            clock: Instant::now(),
+            vms: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
     /// Forgets `vm` (deleted).
     pub fn forget(&self, vm: &VmRef) {
         self.vms.lock().expect("autoscalers").remove(vm);
+        self.metrics.autoscaler.forget(&vm.namespace, &vm.name);
     }
 
     /// Evaluates `vm` (effective desired configuration `config`) into `status` if its
@@ -58,7 +61,11 @@ impl Autoscalers {
         running: bool,
         status: &mut WukongStatus,
     ) -> Option<Next> {
-        let policy = Policy::of(config.autoscaling.as_ref()?);
+        let Some(spec) = config.autoscaling.as_ref() else {
+            self.metrics.autoscaler.forget(&vm.namespace, &vm.name);
+            return None;
+        };
+        let policy = Policy::of(spec);
         let interval = Duration::from_secs(policy.interval.into());
         let (mut rec, last) = self
             .vms
@@ -112,17 +119,21 @@ impl Autoscalers {
             )
             .await;
         }
+        self.metrics
+            .autoscaler
+            .observe(&vm.namespace, &vm.name, &policy, &ev, changed);
         if changed {
-            for c in &ev.changes {
-                publish(
-                    recorder,
-                    reference,
-                    EventType::Normal,
-                    "Autoscaled",
-                    &status::describe(c),
-                )
-                .await;
-            }
+            // One Event for the evaluation: the recorder folds Events of one reason into a
+            // series, which would hide every change but the first.
+            let note: Vec<String> = ev.changes.iter().map(status::describe).collect();
+            publish(
+                recorder,
+                reference,
+                EventType::Normal,
+                "Autoscaled",
+                &note.join("; "),
+            )
+            .await;
             rec.applied(&ev.changes, at);
         }
         self.vms

@@ -763,7 +763,16 @@ pub async fn run(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
-    let metrics = Arc::new(Metrics::new());
+    run_with(client, opts, Arc::new(Metrics::new()), shutdown).await
+}
+
+/// Runs the operator until `shutdown` completes, counting into `metrics`.
+pub async fn run_with(
+    client: Client,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
     if let Some(addr) = opts.metrics_addr {
         let local = crate::metrics::serve(metrics.clone(), addr)
             .await
@@ -794,7 +803,7 @@ pub async fn run(
         ops: AtomicU64::new(0),
         failures: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
-        autoscalers: Default::default(),
+        autoscalers: crate::autoscale::Autoscalers::new(metrics.clone()),
     });
     let wc = watcher::Config::default();
     // Only what the user changes starts a reconcile (spec → generation, deletion, finalizers,

@@ -16,4 +16,4 @@ pub mod guest;
 pub mod metrics;
 pub mod writes;
 
-pub use controller::{DELETE_DISKS, FINALIZER, Options, desired_config, run};
+pub use controller::{DELETE_DISKS, FINALIZER, Options, desired_config, run, run_with};

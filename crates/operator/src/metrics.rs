@@ -12,6 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use wukong_autoscaler::AutoscalerMetrics;
 use wukong_engine::VmRef;
 
 type Labels = Vec<(String, String)>;
@@ -29,6 +30,8 @@ pub struct Metrics {
     pending: Gauge,
     pending_vms: Mutex<HashSet<VmRef>>,
     ready: AtomicBool,
+    /// The autoscaler's per-VM gauges and counters.
+    pub autoscaler: AutoscalerMetrics,
 }
 
 impl Default for Metrics {
@@ -63,7 +66,9 @@ impl Metrics {
             "VMs with changes waiting for a restart",
             pending.clone(),
         );
+        let autoscaler = AutoscalerMetrics::register(&mut registry);
         Metrics {
+            autoscaler,
             registry,
             operations,
             steps,

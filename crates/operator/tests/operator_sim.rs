@@ -484,12 +484,25 @@ async fn the_autoscaler_raises_sockets_from_cpu_load_and_grows_a_filling_disk() 
     assert_eq!(a["target"]["cpu"], 2, "{a}");
     assert_eq!(a["target"]["disks"]["data"], "25Gi", "{a}");
     assert_eq!(w["spec"]["cpu"], 1, "the spec stays the user's");
-    c.until("the Autoscaled events", T, |c| {
-        c.event_reasons("w")
-            .iter()
-            .filter(|r| *r == "Autoscaled")
-            .count()
-            >= 2
+    c.until("the Autoscaled events of both changes", T, |c| {
+        let notes = c.event_notes("w", "Autoscaled").join("\n");
+        notes.contains("autoscaler: cpu 1 -> 2: ")
+            && notes.contains("autoscaler: disk/data 20Gi -> 25Gi: filesystem 85 % full")
     })
     .await;
+    let text = c.metrics.render();
+    let ns = &c.ns;
+    for line in [
+        format!(
+            r#"wukong_autoscaler_changes_total{{namespace="{ns}",name="w",resource="cpu",direction="up"}} 1"#
+        ),
+        format!(
+            r#"wukong_autoscaler_changes_total{{namespace="{ns}",name="w",resource="disk/data",direction="up"}} 1"#
+        ),
+        format!(
+            r#"wukong_guest_filesystem_used_bytes{{namespace="{ns}",name="w",disk="data",mount_path="/data"}} "#
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} not in /metrics:\n{text}");
+    }
 }

@@ -109,6 +109,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the daemon hard (SIGKILL), leaving its VMs running.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

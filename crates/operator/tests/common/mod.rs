@@ -53,6 +53,8 @@ pub struct Cluster {
     changes: watch::Receiver<u64>,
     watches: Vec<tokio::task::JoinHandle<()>>,
     operator: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// The running operator's metrics (what its `/metrics` serves).
+    pub metrics: std::sync::Arc<wukong_operator::metrics::Metrics>,
     pub opts: Options,
     /// Last: fields drop in order, and the server must outlive everything that talks to it
     /// (a simulator or watch left facing a dead server hung the test's teardown).
@@ -233,6 +235,7 @@ impl Cluster {
             changes,
             watches,
             operator: None,
+            metrics: Default::default(),
             opts,
         };
         c.start_operator();
@@ -279,8 +282,11 @@ impl Cluster {
         // The operator runs as its ServiceAccount: a call deploy/ does not grant is a 403.
         let client = self.operator_client.clone();
         let opts = self.opts.clone();
+        // A restarted operator starts its counts afresh, as a new process would.
+        self.metrics = Default::default();
+        let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
-            wukong_operator::run(client, opts, async {
+            wukong_operator::run_with(client, opts, metrics, async {
                 let _ = rx.await;
             })
             .await
@@ -493,6 +499,15 @@ impl Cluster {
     }
 
     /// Reasons of the Kubernetes Events about `name`.
+    /// The notes of the Events about `name` with `reason`.
+    pub fn event_notes(&self, name: &str, reason: &str) -> Vec<String> {
+        self.list("events.k8s.io/v1", "Event", &self.ns)
+            .iter()
+            .filter(|e| e["regarding"]["name"] == name && e["reason"] == reason)
+            .filter_map(|e| e["note"].as_str().map(String::from))
+            .collect()
+    }
+
     pub fn event_reasons(&self, name: &str) -> Vec<String> {
         self.list("events.k8s.io/v1", "Event", &self.ns)
             .iter()

@@ -350,6 +350,22 @@ async fn cost(n: usize, secs: u64) {
         .filter(|l| l.starts_with("wukong_autoscaler_evaluations_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
+    // QEMU's own share: its RSS beside what the guest uses (MemTotal - MemAvailable).
+    let mut rss = Vec::new();
+    let mut beside = Vec::new();
+    for name in &names {
+        let Some(qemu) = d.qemu_pid(name) else {
+            continue;
+        };
+        let r = proc_status_kib(qemu as u32, "VmRSS:") as f64 / 1024.0;
+        let used = d.get(name)["status"]["autoscaling"]["metrics"]["memoryUsed"]
+            .as_str()
+            .and_then(|q| wukong_api::quantity::parse_bytes(q).ok())
+            .unwrap_or(0) as f64
+            / MI as f64;
+        rss.push(r);
+        beside.push(r - used);
+    }
     let per_vm = (cpu1 - cpu0) / n as f64;
     println!("\n## 3. Cost at {n} idle busybox VMs, default interval (15 s), {secs} s each way\n");
     println!("| | daemon CPU (% of one core) | agent calls / min |");
@@ -365,6 +381,15 @@ async fn cost(n: usize, secs: u64) {
         "\n{evaluations:.0} evaluations in all; daemon RSS {} KiB",
         proc_status_kib(pid, "VmRSS:")
     );
+    if !rss.is_empty() {
+        println!(
+            "QEMU RSS per VM (256Mi guests): median {:.0} MiB, of which beside the guest's used memory: median {:.0} MiB, max {:.0} MiB (admission counts {} MiB)",
+            percentile(&rss, 0.5),
+            percentile(&beside, 0.5),
+            percentile(&beside, 1.0),
+            wukong_local::admission::QEMU_OVERHEAD >> 20
+        );
+    }
 }
 
 fn main() {

@@ -79,6 +79,11 @@ pub struct ServeArgs {
         default_value = "/usr/share/OVMF/OVMF_VARS_4M.fd"
     )]
     ovmf_vars: PathBuf,
+    /// The most memory the VMs may commit on this host (their memory plus QEMU's share): a
+    /// share of the host's (`90%`) or a quantity (`20Gi`). A creation, start or grow beyond it
+    /// is refused.
+    #[arg(long, default_value = "90%")]
+    memory_commit: wukong_local::admission::CommitLimit,
     /// Also listen on this loopback TCP address (needs --token-file).
     #[arg(long, requires = "token_file")]
     listen: Option<SocketAddr>,
@@ -150,6 +155,7 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
             code: a.ovmf_code,
             vars_template: a.ovmf_vars,
         },
+        memory_commit: a.memory_commit,
     };
     let server = Server::bind(home.clone(), options, tcp)
         .await

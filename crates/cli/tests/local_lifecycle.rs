@@ -324,3 +324,58 @@ fn a_disk_created_from_a_host_image_keeps_its_content_and_the_source_is_untouche
     );
     assert!(!out.status.success());
 }
+
+#[test]
+fn memory_beyond_what_the_host_may_commit_is_refused_and_changes_nothing() {
+    // 1400Mi to commit; each VM counts its memory plus QEMU's 192Mi.
+    let d = Daemon::start(&["--memory-commit", "1400Mi"]);
+    let vm = |name: &str, memory: &str| {
+        doc(
+            name,
+            &format!(
+                "  cpu: 1\n  memory: {memory}\n  maxMemory: 2Gi\n  disks:\n  - {{name: system, size: 256Mi}}\n"
+            ),
+        )
+    };
+    d.apply(&vm("a", "512Mi"));
+    let refused = |out: std::process::Output, what: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{what} was admitted");
+        assert!(
+            err.contains("spec.memory: the host cannot commit it"),
+            "{what}: {err}"
+        );
+        err
+    };
+    // A second VM: 704Mi + 704Mi > 1400Mi.
+    let err = refused(d.wk_in(&["apply", "-f", "-"], &vm("b", "512Mi")), "b");
+    assert!(err.contains("1 other VMs hold 704Mi"), "{err}");
+    assert!(err.contains("the limit is 1400Mi"), "{err}");
+    assert!(!d.wk(&["get", "b"]).status.success(), "b was not created");
+    // A grow beyond it is refused, one within it is made live.
+    let before = d.get("a");
+    refused(
+        d.wk_in(&["apply", "-f", "-"], &vm("a", "1280Mi")),
+        "a at 1280Mi",
+    );
+    assert_eq!(
+        d.get("a")["metadata"]["generation"],
+        before["metadata"]["generation"]
+    );
+    let boot = d.boot_id("a");
+    d.apply(&vm("a", "1Gi"));
+    assert!(d.mem_total_kib("a") > 900 * 1024, "grown in the guest");
+    assert_eq!(d.boot_id("a"), boot);
+    // A stopped VM holds nothing: b fits, and then a cannot start again.
+    assert!(d.wk(&["stop", "a"]).status.success());
+    d.wait_for("a", "stopped", Duration::from_secs(120), |o| {
+        o["status"]["phase"] == "Stopped"
+    });
+    d.apply(&vm("b", "512Mi"));
+    refused(d.wk(&["start", "a"]), "starting a");
+    assert_eq!(
+        d.get("a")["spec"]["runStrategy"],
+        "Halted",
+        "a stays stopped"
+    );
+}

@@ -434,14 +434,46 @@ async fn create(
         .map_err(ApiError::fields)?;
     let mut object = doc.wukong;
     object.status = None;
+    let admission = d.admission();
+    if config.run_strategy != wukong_api::RunStrategy::Halted {
+        d.admit(&vm, config.memory).map_err(memory_error)?;
+    }
     let rec = d
         .backend
         .store()
         .create(new_record(object, &config, pinned))?;
+    drop(admission);
     let seq = latest_seq(&d);
     d.notice(&vm, "created".into(), false);
     d.ensure_worker(&rec);
     Ok(json_response(StatusCode::CREATED, &rec.object, seq))
+}
+
+/// A refusal of the memory admission, on `spec.memory`.
+fn memory_error(why: String) -> ApiError {
+    ApiError::fields(FieldErrors(vec![wukong_api::FieldError::invalid(
+        "spec.memory",
+        why,
+    )]))
+}
+
+/// Admits what `spec` asks of `rec`'s VM: its memory, when it would hold more than it does
+/// (a grow, or a start of a VM that holds none).
+fn admit_spec(d: &Daemon, rec: &VmRecord, spec: &wukong_api::WukongSpec) -> Result<(), ApiError> {
+    if spec.run_strategy == Some(wukong_api::RunStrategy::Halted) {
+        return Ok(());
+    }
+    let name = rec.object.metadata.name.clone().unwrap_or_default();
+    let wanted = resolve(&name, spec, &rec.pinned)
+        .map_err(ApiError::fields)?
+        .memory;
+    let now = desired_config(rec).map_or(rec.definition.memory, |c| c.memory);
+    let holds = crate::admission::holds_memory(rec);
+    if wanted > now.max(rec.definition.memory) || !holds {
+        let vm = crate::store::record_ref(rec);
+        d.admit(&vm, wanted).map_err(memory_error)?;
+    }
+    Ok(())
 }
 
 /// The record's spec after applying `patch` (a Wukong document, possibly partial), checked as
@@ -505,12 +537,14 @@ async fn patch(
         .as_str()
         .map(str::to_string);
     let seq = latest_seq(&d);
+    let admission = d.admission();
     let rec = d
         .backend
         .store()
         .update::<ApiError>(&vm, expect.as_deref(), |r| {
             let merged = patched(&d, r, &patch)?;
             check_sources(&d, &merged, Some(&r.object.spec), tcp.is_some())?;
+            admit_spec(&d, r, &merged)?;
             // Labels and annotations merge as in Kubernetes (a null value removes a key).
             for (field, map) in [
                 ("labels", &mut r.object.metadata.labels),
@@ -536,6 +570,7 @@ async fn patch(
             }
             Ok(())
         })?;
+    drop(admission);
     d.ensure_worker(&rec);
     Ok(json_response(StatusCode::OK, &rec.object, seq))
 }
@@ -613,7 +648,11 @@ async fn delete(
 
 async fn lifecycle(d: Arc<Daemon>, ns: String, name: String, cmd: Command) -> ApiResult {
     let vm = VmRef::new(&ns, &name);
-    get_record(&d, &vm)?;
+    let rec = get_record(&d, &vm)?;
+    if matches!(cmd, Command::Start) && !crate::admission::holds_memory(&rec) {
+        let memory = desired_config(&rec).map_or(rec.definition.memory, |c| c.memory);
+        d.admit(&vm, memory).map_err(memory_error)?;
+    }
     let seq = latest_seq(&d);
     let message = d
         .command(&vm, cmd)
@@ -685,7 +724,11 @@ fn switch_strategy(
     if rec.object.spec.run_strategy.unwrap_or_default() != from {
         return Ok(false);
     }
-    let rec = d.backend.store().update::<StoreError>(&vm, None, |r| {
+    let _admission = d.admission();
+    let rec = d.backend.store().update::<ApiError>(&vm, None, |r| {
+        let mut spec = r.object.spec.clone();
+        spec.run_strategy = Some(to);
+        admit_spec(d, r, &spec)?;
         r.object.spec.run_strategy = Some(to);
         r.object.metadata.generation = Some(r.object.metadata.generation.unwrap_or(1) + 1);
         Ok(())

@@ -61,7 +61,11 @@ async fn evaluate(
     let Ok(config) = desired_config(&rec) else {
         return;
     };
-    let current = Current::of(&config, rec.boot_memory);
+    let mut current = Current::of(&config, rec.boot_memory);
+    // Memory the host cannot commit is a ceiling like maxMemory.
+    if let Some(room) = daemon.memory_room(vm) {
+        current.max_memory = current.max_memory.min(room.max(current.memory));
+    }
     let st = rec.object.status.as_ref();
     let busy = st
         .and_then(|s| s.operation.as_ref())

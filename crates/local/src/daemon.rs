@@ -55,12 +55,23 @@ pub struct Daemon {
     engine_timeouts: Mutex<Timeouts>,
     /// What `/metrics` serves.
     pub metrics: crate::metrics::Metrics,
+    /// Held across a memory admission and the write it admits.
+    admission: Mutex<()>,
 }
 
 /// Host limits: vCPUs up to 8 per host core (TCG runs them as threads), memory up to three
 /// quarters of the host's.
 pub fn host_limits() -> HostLimits {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let max_memory = host_memory() / 4 * 3;
+    HostLimits {
+        max_cpu: (cores * 8).max(8),
+        max_memory: max_memory - max_memory % (2 << 20),
+    }
+}
+
+/// The host's MemTotal, bytes (4 GiB when /proc/meminfo cannot be read).
+pub fn host_memory() -> u64 {
     let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -70,11 +81,7 @@ pub fn host_limits() -> HostLimits {
         })
         .and_then(|v| v.parse().ok())
         .unwrap_or(4 * 1024 * 1024);
-    let max_memory = mem_kib * 1024 / 4 * 3;
-    HostLimits {
-        max_cpu: (cores * 8).max(8),
-        max_memory: max_memory - max_memory % (2 << 20),
-    }
+    mem_kib * 1024
 }
 
 /// The desired configuration of a record: its spec with the fields the autoscaler owns taken
@@ -175,12 +182,51 @@ impl Daemon {
             tick: Duration::from_secs(5),
             engine_timeouts: Mutex::new(Timeouts::default()),
             metrics: Default::default(),
+            admission: Mutex::new(()),
         })
     }
 
     /// How long the engine waits for the guest to show a step.
     pub fn set_verify_timeout(&self, t: Duration) {
         self.engine_timeouts.lock().expect("timeouts").verify = t;
+    }
+
+    /// Serialises memory admissions: hold the guard across [`Daemon::admit`] and the write
+    /// it admits.
+    pub fn admission(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.admission.lock().expect("admission")
+    }
+
+    /// The committed memory of every VM but `vm` that holds memory.
+    fn others_committed(&self, vm: &VmRef) -> Result<Vec<u64>, String> {
+        let records = self.backend.store().list(None).map_err(|e| e.to_string())?;
+        Ok(records
+            .iter()
+            .filter(|r| record_ref(r) != *vm && crate::admission::holds_memory(r))
+            .map(|r| {
+                let desired = desired_config(r).map_or(r.definition.memory, |c| c.memory);
+                crate::admission::committed(r, desired)
+            })
+            .collect())
+    }
+
+    /// Admits `vm` with `memory` (the guest's) beside the other VMs, or says why not.
+    pub fn admit(&self, vm: &VmRef, memory: u64) -> Result<(), String> {
+        let others = self.others_committed(vm)?;
+        crate::admission::check(
+            self.backend.options().memory_commit,
+            host_memory(),
+            &others,
+            memory,
+        )
+    }
+
+    /// The most memory `vm` may have under the commit limit, beside the other VMs (`None`:
+    /// the store could not be read).
+    pub fn memory_room(&self, vm: &VmRef) -> Option<u64> {
+        let others: u64 = self.others_committed(vm).ok()?.iter().sum();
+        let limit = self.backend.options().memory_commit.bytes(host_memory());
+        Some(limit.saturating_sub(others.saturating_add(crate::admission::QEMU_OVERHEAD)))
     }
 
     /// Journals a notice about `vm`.

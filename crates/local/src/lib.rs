@@ -2,6 +2,7 @@
 //! `Wukong` objects kept in an embedded database, served by `wukong serve`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod autoscale;
 pub mod backend;

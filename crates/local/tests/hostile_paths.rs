@@ -71,6 +71,7 @@ fn daemon(home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
         image_roots: roots,
         event_history: 100,
         uefi: Default::default(),
+        memory_commit: Default::default(),
     };
     Daemon::new(
         Arc::new(LocalBackend::new(home.clone(), store, options)),

@@ -89,6 +89,8 @@ pub struct LocalOptions {
     pub event_history: usize,
     /// The UEFI firmware for VMs that boot `uefi`.
     pub uefi: crate::boot::UefiFirmware,
+    /// How much guest memory (plus QEMU's share) the VMs may commit on this host.
+    pub memory_commit: crate::admission::CommitLimit,
 }
 
 /// The local backend.

@@ -164,6 +164,22 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The resident KiB of `pid`'s mappings of exactly `size_kib` (the guest's RAM).
+fn guest_ram_rss_kib(pid: u32, size_kib: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut total = 0;
+    let mut in_ram = false;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next()) {
+            (Some("Size:"), Some(v)) => in_ram = v.parse::<u64>() == Ok(size_kib),
+            (Some("Rss:"), Some(v)) if in_ram => total += v.parse::<u64>().unwrap_or(0),
+            _ => {}
+        }
+    }
+    total
+}
+
 /// The event sequence the daemon has reached.
 async fn seq(client: &Client, name: &str) -> u64 {
     client
@@ -350,7 +366,8 @@ async fn cost(n: usize, secs: u64) {
         .filter(|l| l.starts_with("wukong_autoscaler_evaluations_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    // QEMU's own share: its RSS beside what the guest uses (MemTotal - MemAvailable).
+    // QEMU's own share: its RSS beside the resident part of the guest's RAM (the mapping of
+    // exactly the guest's memory size).
     let mut rss = Vec::new();
     let mut beside = Vec::new();
     for name in &names {
@@ -358,13 +375,9 @@ async fn cost(n: usize, secs: u64) {
             continue;
         };
         let r = proc_status_kib(qemu as u32, "VmRSS:") as f64 / 1024.0;
-        let used = d.get(name)["status"]["autoscaling"]["metrics"]["memoryUsed"]
-            .as_str()
-            .and_then(|q| wukong_api::quantity::parse_bytes(q).ok())
-            .unwrap_or(0) as f64
-            / MI as f64;
+        let ram = guest_ram_rss_kib(qemu as u32, 256 * 1024) as f64 / 1024.0;
         rss.push(r);
-        beside.push(r - used);
+        beside.push(r - ram);
     }
     let per_vm = (cpu1 - cpu0) / n as f64;
     println!("\n## 3. Cost at {n} idle busybox VMs, default interval (15 s), {secs} s each way\n");
@@ -383,7 +396,7 @@ async fn cost(n: usize, secs: u64) {
     );
     if !rss.is_empty() {
         println!(
-            "QEMU RSS per VM (256Mi guests): median {:.0} MiB, of which beside the guest's used memory: median {:.0} MiB, max {:.0} MiB (admission counts {} MiB)",
+            "QEMU RSS per VM (256Mi guests): median {:.0} MiB, of which beside the guest's RAM: median {:.0} MiB, max {:.0} MiB (admission counts {} MiB)",
             percentile(&rss, 0.5),
             percentile(&beside, 0.5),
             percentile(&beside, 1.0),

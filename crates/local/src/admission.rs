@@ -132,17 +132,17 @@ mod tests {
 
     #[test]
     fn the_limit_counts_every_holder_and_qemu() {
-        let limit = CommitLimit::Bytes(2048 * MI);
+        let limit = CommitLimit::Bytes(2112 * MI);
         let one = 512 * MI + QEMU_OVERHEAD;
         assert!(check(limit, 0, &[], 1024 * MI).is_ok());
         assert!(
             check(limit, 0, &[one, one], 512 * MI).is_ok(),
-            "3 × 704 Mi ≤ 2 Gi"
+            "3 × 704 Mi fit exactly"
         );
         let e = check(limit, 0, &[one, one, one], 512 * MI).unwrap_err();
         assert!(e.contains("3 other VMs hold 2112Mi"), "{e}");
         assert!(e.contains("this VM needs 704Mi"), "{e}");
-        assert!(e.contains("the limit is 2Gi"), "{e}");
+        assert!(e.contains("the limit is 2112Mi"), "{e}");
         let e = check(CommitLimit::Percent(90), 4096 * MI, &[], 4096 * MI).unwrap_err();
         assert!(e.contains("90 % of the host's 4Gi"), "{e}");
     }

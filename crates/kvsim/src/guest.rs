@@ -170,16 +170,18 @@ impl Sim {
     }
 
     /// What the metrics script prints: `/proc/stat`'s counters moved by the load the test set
-    /// (100 ticks a second per vCPU), MemTotal and MemAvailable (70 % of it), and `df` of each
+    /// (100 ticks a second per vCPU), MemTotal and MemAvailable (what the test says is used
+    /// taken off, else 70 % of it), and `df` of each
     /// mounted filesystem with the bytes the test said are used.
     fn guest_metrics(&self, ns: &str, vmi: &Value) -> String {
         let name = vmi["metadata"]["name"].as_str().unwrap_or_default();
         let (_, online) = self.guest_cpus(ns, vmi);
-        let (load, used) = {
+        let (load, used, mem_used) = {
             let f = self.faults.lock().expect("faults");
             (
                 f.cpu_load.get(name).copied().unwrap_or(0.0),
                 f.fs_used.clone(),
+                f.mem_used.get(name).copied(),
             )
         };
         let mut g = self.guests.lock().expect("guests");
@@ -194,10 +196,13 @@ impl Sim {
         t.2 += online as f64 * secs * 100.0;
         let (busy, total) = (t.1 as u64, t.2 as u64);
         let memory = bytes(&vmi["status"]["memory"]["guestCurrent"]).unwrap_or(0) / 1024;
+        let available = match mem_used {
+            Some(u) => memory.saturating_sub(u / 1024),
+            None => memory * 7 / 10,
+        };
         let mut out = format!(
-            "stat cpu  {busy} 0 0 {} 0 0 0 0 0 0\nmeminfo MemTotal: {memory}\nmeminfo MemAvailable: {}\n",
-            total.saturating_sub(busy),
-            memory * 7 / 10
+            "stat cpu  {busy} 0 0 {} 0 0 0 0 0 0\nmeminfo MemTotal: {memory}\nmeminfo MemAvailable: {available}\n",
+            total.saturating_sub(busy)
         );
         let spec = &vmi["spec"];
         for d in spec["domain"]["devices"]["disks"]

@@ -61,6 +61,9 @@ pub struct Faults {
     pub cpu_load: HashMap<String, f64>,
     /// Bytes used on the filesystem of a disk, by PVC name (else a fiftieth of it).
     pub fs_used: HashMap<String, u64>,
+    /// Memory in use in a VM's guest (MemTotal − MemAvailable), bytes, by VM name (else 30 %
+    /// of MemTotal).
+    pub mem_used: HashMap<String, u64>,
 }
 
 /// What a controller worker is asked to look at.

@@ -506,3 +506,63 @@ async fn the_autoscaler_raises_sockets_from_cpu_load_and_grows_a_filling_disk() 
         assert!(text.contains(&line), "{line} not in /metrics:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_adds_memory_live_when_the_guest_uses_most_of_it() {
+    let c = Cluster::start().await;
+    c.create(
+        "w",
+        "  cpu: 1\n  memory: 2Gi\n  maxMemory: 4Gi\n  disks:\n  - {name: system, size: 10Gi}\n  autoscaling:\n    memory: {min: 2Gi, max: 4Gi, targetUtilization: 75}\n    intervalSeconds: 5\n",
+    )
+    .await;
+    c.converged("w").await;
+    let boot = c.vmi("w").unwrap()["metadata"]["uid"].clone();
+    c.until("a first reading", T, |c| {
+        c.wukong("w")
+            .is_some_and(|w| w["status"]["autoscaling"]["metrics"]["memoryTotal"].is_string())
+    })
+    .await;
+    assert!(
+        c.wukong("w").unwrap()["status"]["autoscaling"]["lastChange"].is_null(),
+        "30 % used, at the boot size: nothing to do"
+    );
+    // 1.9Gi of 2Gi in use: above the 75 % target.
+    c.kubevirt().faults(|f| {
+        f.mem_used.insert("w".into(), 1946 << 20);
+    });
+    c.until("memory added in the guest", 3 * T, |c| {
+        c.vmi("w").is_some_and(|vmi| {
+            vmi["status"]["memory"]["guestCurrent"]
+                .as_str()
+                .and_then(|q| wukong_api::quantity::parse_bytes(q).ok())
+                .is_some_and(|b| b > 2 << 30)
+        })
+    })
+    .await;
+    let w = c.converged("w").await;
+    let a = &w["status"]["autoscaling"];
+    let target = a["target"]["memory"].as_str().unwrap().to_string();
+    let bytes = wukong_api::quantity::parse_bytes(&target).unwrap();
+    assert!(
+        bytes as f64 >= 1946.0 * 1024.0 * 1024.0 / 0.75 && bytes <= 4 << 30,
+        "used / target, within max: {a}"
+    );
+    assert_eq!(bytes % (128 << 20), 0, "in 128Mi steps: {target}");
+    assert_eq!(
+        c.vmi("w").unwrap()["status"]["memory"]["guestCurrent"]
+            .as_str()
+            .and_then(|q| wukong_api::quantity::parse_bytes(q).ok()),
+        Some(bytes),
+        "the guest has the target"
+    );
+    assert_eq!(
+        c.vmi("w").unwrap()["metadata"]["uid"],
+        boot,
+        "live: no restart"
+    );
+    assert_eq!(w["spec"]["memory"], "2Gi", "the spec stays the user's");
+    assert!(
+        a["lastChange"]["reason"].as_str().unwrap().contains('%'),
+        "the reason carries the figures: {a}"
+    );
+}

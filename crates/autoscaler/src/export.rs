@@ -23,22 +23,15 @@ type VmKey = (String, String);
 
 /// The registered families.
 pub struct AutoscalerMetrics {
-    cpu_utilization: FloatGauge,
-    cpus_online: FloatGauge,
-    memory_used: FloatGauge,
-    memory_total: FloatGauge,
-    memory_pressure: FloatGauge,
-    oom_kills: FloatGauge,
-    fs_size: FloatGauge,
-    fs_used: FloatGauge,
-    fs_fill_rate: FloatGauge,
-    recommendation: FloatGauge,
+    /// One family per [`Which`], in its order.
+    gauges: [FloatGauge; GAUGES.len()],
     evaluations: Family<Labels, Counter>,
     changes: Family<Labels, Counter>,
     /// The gauge label sets each VM has now, to replace or remove them.
     present: Mutex<HashMap<VmKey, Vec<(Which, Labels)>>>,
 }
 
+/// The gauges; `Which as usize` indexes [`GAUGES`] and `AutoscalerMetrics::gauges`.
 #[derive(Clone, Copy, Debug)]
 enum Which {
     CpuUtilization,
@@ -52,6 +45,41 @@ enum Which {
     FsFillRate,
     Recommendation,
 }
+
+/// Name and help of each gauge, in [`Which`]'s order.
+const GAUGES: [(&str, &str); 10] = [
+    (
+        "guest_cpu_utilization_percent",
+        "CPU utilisation of the online vCPUs over the last interval, percent",
+    ),
+    ("guest_cpus_online", "vCPUs online in the guest"),
+    (
+        "guest_memory_used_bytes",
+        "Memory in use in the guest (MemTotal - MemAvailable)",
+    ),
+    ("guest_memory_total_bytes", "MemTotal of the guest"),
+    (
+        "guest_memory_pressure_percent",
+        "Share of the last 10 s some task stalled on memory, percent",
+    ),
+    ("guest_oom_kills", "OOM kills since the guest booted"),
+    (
+        "guest_filesystem_size_bytes",
+        "Size of the filesystem on a disk",
+    ),
+    (
+        "guest_filesystem_used_bytes",
+        "Bytes used in the filesystem on a disk",
+    ),
+    (
+        "guest_filesystem_fill_rate_bytes_per_second",
+        "Bytes written per second into the filesystem over the recent readings",
+    ),
+    (
+        "autoscaler_recommendation",
+        "What the autoscaler recommends for an owned resource (vCPUs or bytes)",
+    ),
+];
 
 fn vm_labels(namespace: &str, name: &str) -> Labels {
     vec![
@@ -69,74 +97,13 @@ impl AutoscalerMetrics {
     /// Registers the families in `registry` (whose prefix, `wukong`, they share).
     pub fn register(registry: &mut Registry) -> AutoscalerMetrics {
         let m = AutoscalerMetrics {
-            cpu_utilization: FloatGauge::default(),
-            cpus_online: FloatGauge::default(),
-            memory_used: FloatGauge::default(),
-            memory_total: FloatGauge::default(),
-            memory_pressure: FloatGauge::default(),
-            oom_kills: FloatGauge::default(),
-            fs_size: FloatGauge::default(),
-            fs_used: FloatGauge::default(),
-            fs_fill_rate: FloatGauge::default(),
-            recommendation: FloatGauge::default(),
+            gauges: std::array::from_fn(|_| FloatGauge::default()),
             evaluations: Family::default(),
             changes: Family::default(),
             present: Mutex::new(HashMap::new()),
         };
-        let gauges: [(&str, &str, &FloatGauge); 10] = [
-            (
-                "guest_cpu_utilization_percent",
-                "CPU utilisation of the online vCPUs over the last interval, percent",
-                &m.cpu_utilization,
-            ),
-            (
-                "guest_cpus_online",
-                "vCPUs online in the guest",
-                &m.cpus_online,
-            ),
-            (
-                "guest_memory_used_bytes",
-                "Memory in use in the guest (MemTotal - MemAvailable)",
-                &m.memory_used,
-            ),
-            (
-                "guest_memory_total_bytes",
-                "MemTotal of the guest",
-                &m.memory_total,
-            ),
-            (
-                "guest_memory_pressure_percent",
-                "Share of the last 10 s some task stalled on memory, percent",
-                &m.memory_pressure,
-            ),
-            (
-                "guest_oom_kills",
-                "OOM kills since the guest booted",
-                &m.oom_kills,
-            ),
-            (
-                "guest_filesystem_size_bytes",
-                "Size of the filesystem on a disk",
-                &m.fs_size,
-            ),
-            (
-                "guest_filesystem_used_bytes",
-                "Bytes used in the filesystem on a disk",
-                &m.fs_used,
-            ),
-            (
-                "guest_filesystem_fill_rate_bytes_per_second",
-                "Bytes written per second into the filesystem over the recent readings",
-                &m.fs_fill_rate,
-            ),
-            (
-                "autoscaler_recommendation",
-                "What the autoscaler recommends for an owned resource (vCPUs or bytes)",
-                &m.recommendation,
-            ),
-        ];
-        for (name, help, family) in gauges {
-            registry.register(name, help, family.clone());
+        for ((name, help), family) in GAUGES.iter().zip(&m.gauges) {
+            registry.register(*name, *help, family.clone());
         }
         registry.register(
             "autoscaler_evaluations",
@@ -152,18 +119,7 @@ impl AutoscalerMetrics {
     }
 
     fn family(&self, which: Which) -> &FloatGauge {
-        match which {
-            Which::CpuUtilization => &self.cpu_utilization,
-            Which::CpusOnline => &self.cpus_online,
-            Which::MemoryUsed => &self.memory_used,
-            Which::MemoryTotal => &self.memory_total,
-            Which::MemoryPressure => &self.memory_pressure,
-            Which::OomKills => &self.oom_kills,
-            Which::FsSize => &self.fs_size,
-            Which::FsUsed => &self.fs_used,
-            Which::FsFillRate => &self.fs_fill_rate,
-            Which::Recommendation => &self.recommendation,
-        }
+        &self.gauges[which as usize]
     }
 
     /// Records one evaluation of the VM `namespace/name`; `applied`: its changes were made.

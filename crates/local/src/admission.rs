@@ -81,9 +81,15 @@ pub fn holds_memory(rec: &VmRecord) -> bool {
     !(phase == Some(Phase::Stopped) && (halted || rec.stopped_by_user))
 }
 
+/// The memory `rec` is asked to have: its effective desired configuration's (the autoscaler's
+/// target included), else what it runs with.
+pub fn desired_memory(rec: &VmRecord) -> u64 {
+    crate::daemon::desired_config(rec).map_or(rec.definition.memory, |c| c.memory)
+}
+
 /// The memory `rec` counts for, QEMU's share included.
-pub fn committed(rec: &VmRecord, desired_memory: u64) -> u64 {
-    desired_memory
+pub fn committed(rec: &VmRecord) -> u64 {
+    desired_memory(rec)
         .max(rec.definition.memory)
         .saturating_add(QEMU_OVERHEAD)
 }

@@ -467,7 +467,7 @@ fn admit_spec(d: &Daemon, rec: &VmRecord, spec: &wukong_api::WukongSpec) -> Resu
     let wanted = resolve(&name, spec, &rec.pinned)
         .map_err(ApiError::fields)?
         .memory;
-    let now = desired_config(rec).map_or(rec.definition.memory, |c| c.memory);
+    let now = crate::admission::desired_memory(rec);
     let holds = crate::admission::holds_memory(rec);
     if wanted > now.max(rec.definition.memory) || !holds {
         let vm = crate::store::record_ref(rec);
@@ -650,8 +650,8 @@ async fn lifecycle(d: Arc<Daemon>, ns: String, name: String, cmd: Command) -> Ap
     let vm = VmRef::new(&ns, &name);
     let rec = get_record(&d, &vm)?;
     if matches!(cmd, Command::Start) && !crate::admission::holds_memory(&rec) {
-        let memory = desired_config(&rec).map_or(rec.definition.memory, |c| c.memory);
-        d.admit(&vm, memory).map_err(memory_error)?;
+        d.admit(&vm, crate::admission::desired_memory(&rec))
+            .map_err(memory_error)?;
     }
     let seq = latest_seq(&d);
     let message = d

@@ -62,8 +62,11 @@ async fn evaluate(
         return;
     };
     let mut current = Current::of(&config, rec.boot_memory);
-    // Memory the host cannot commit is a ceiling like maxMemory.
-    if let Some(room) = daemon.memory_room(vm) {
+    // Memory the host cannot commit is a ceiling like maxMemory (read only when memory is
+    // owned: it lists every VM).
+    if policy.memory.is_some()
+        && let Some(room) = daemon.memory_room(vm)
+    {
         current.max_memory = current.max_memory.min(room.max(current.memory));
     }
     let st = rec.object.status.as_ref();

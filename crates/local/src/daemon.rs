@@ -203,10 +203,7 @@ impl Daemon {
         Ok(records
             .iter()
             .filter(|r| record_ref(r) != *vm && crate::admission::holds_memory(r))
-            .map(|r| {
-                let desired = desired_config(r).map_or(r.definition.memory, |c| c.memory);
-                crate::admission::committed(r, desired)
-            })
+            .map(crate::admission::committed)
             .collect())
     }
 

@@ -498,7 +498,6 @@ impl Cluster {
             })
     }
 
-    /// Reasons of the Kubernetes Events about `name`.
     /// The notes of the Events about `name` with `reason`.
     pub fn event_notes(&self, name: &str, reason: &str) -> Vec<String> {
         self.list("events.k8s.io/v1", "Event", &self.ns)
@@ -508,6 +507,7 @@ impl Cluster {
             .collect()
     }
 
+    /// Reasons of the Kubernetes Events about `name`.
     pub fn event_reasons(&self, name: &str) -> Vec<String> {
         self.list("events.k8s.io/v1", "Event", &self.ns)
             .iter()

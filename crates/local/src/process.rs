@@ -45,12 +45,20 @@ pub fn check_tools() -> Result<(), BackendError> {
 /// with this VM's directory on its command line, not a recycled pid).
 pub fn running_pid(dir: &Path) -> Option<Pid> {
     let text = std::fs::read_to_string(VmFiles::pid(dir)).ok()?;
-    let pid: i32 = text.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let pid = Pid::from_raw(text.trim().parse().ok()?);
+    is_qemu_of(dir, pid).then_some(pid)
+}
+
+/// Whether `pid` is a live QEMU of this VM's directory. It does not look at the pid file: a
+/// QEMU that is exiting removes that file before it has let go of the disk images and
+/// sockets, and, when a new QEMU has already written it, removes the new one's.
+fn is_qemu_of(dir: &Path, pid: Pid) -> bool {
+    // A zombie's cmdline is empty: it has closed its files, so it counts as gone.
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let needle = VmFiles::qmp(dir);
-    let needle = needle.to_string_lossy();
-    let cmd = String::from_utf8_lossy(&cmdline);
-    (cmd.contains(needle.as_ref())).then_some(Pid::from_raw(pid))
+    String::from_utf8_lossy(&cmdline).contains(needle.to_string_lossy().as_ref())
 }
 
 /// Starts QEMU with `args` (which daemonize it). Errors carry QEMU's own message.
@@ -85,12 +93,16 @@ pub async fn spawn(dir: &Path, args: &[String]) -> Result<Pid, BackendError> {
     running_pid(dir).ok_or_else(|| BackendError::Failed("QEMU started but left no pid".into()))
 }
 
-/// Waits until the guest agent answers, up to `timeout`.
-pub async fn wait_for_agent(dir: &Path, timeout: Duration) -> Result<Duration, BackendError> {
+/// Waits until the guest agent of the QEMU `pid` answers, up to `timeout`.
+pub async fn wait_for_agent(
+    dir: &Path,
+    pid: Pid,
+    timeout: Duration,
+) -> Result<Duration, BackendError> {
     let started = Instant::now();
     let deadline = started + timeout;
     loop {
-        if running_pid(dir).is_none() {
+        if !is_qemu_of(dir, pid) {
             return Err(BackendError::Failed(format!(
                 "QEMU exited while booting; see `wukong logs` ({})",
                 VmFiles::console(dir).display()
@@ -116,16 +128,16 @@ pub async fn wait_for_agent(dir: &Path, timeout: Duration) -> Result<Duration, B
     }
 }
 
-/// Waits for the process to exit, up to `timeout`.
+/// Waits for the process itself to exit (not only its pid file to go), up to `timeout`.
 async fn wait_exit(dir: &Path, pid: Pid, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if running_pid(dir) != Some(pid) {
+        if !is_qemu_of(dir, pid) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    running_pid(dir) != Some(pid)
+    !is_qemu_of(dir, pid)
 }
 
 /// How a stop went.
@@ -271,4 +283,35 @@ pub async fn image_size(path: &Path) -> Result<u64, BackendError> {
     v["virtual-size"].as_u64().ok_or_else(|| {
         BackendError::Failed(format!("qemu-img info {}: no virtual-size", path.display()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for an exiting QEMU: a process with the VM's QMP path on its command line
+    /// whose pid file has already gone.
+    #[tokio::test]
+    async fn a_process_counts_as_exited_only_when_it_is_gone_not_when_its_pid_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("read _")
+            .arg(VmFiles::qmp(dir.path()))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        std::fs::write(VmFiles::pid(dir.path()), pid.to_string()).unwrap();
+        assert_eq!(running_pid(dir.path()), Some(pid));
+        std::fs::remove_file(VmFiles::pid(dir.path())).unwrap();
+        assert_eq!(running_pid(dir.path()), None);
+        assert!(
+            !wait_exit(dir.path(), pid, Duration::from_millis(200)).await,
+            "the process still runs"
+        );
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert!(wait_exit(dir.path(), pid, Duration::from_secs(30)).await);
+    }
 }

@@ -248,7 +248,7 @@ impl LocalBackend {
             ports.insert(nic_id(&nic.name), port_id(n));
             n += 1;
         }
-        process::spawn(&dir, &args).await?;
+        let pid = process::spawn(&dir, &args).await?;
         self.update(vm, |r| {
             r.boot_memory = def.memory;
             r.vcpu_creations = def.cpu;
@@ -257,7 +257,7 @@ impl LocalBackend {
         })?;
         // Formats and mounts are planned steps of the operation that started it (the engine
         // plans again once the guest runs), not part of the boot.
-        process::wait_for_agent(&dir, self.options.timeouts.boot).await
+        process::wait_for_agent(&dir, pid, self.options.timeouts.boot).await
     }
 
     /// Writes (or removes) the VM's cloud-init seed for its next boot.

@@ -806,7 +806,8 @@ pub struct PendingChange {
 pub struct OperationStatus {
     /// Operation id.
     pub id: String,
-    /// `Running`, `Succeeded`, `Failed`.
+    /// `Running`, `Succeeded`, `Failed`, or `Interrupted` (the daemon or operator that ran it
+    /// stopped first; its successor observed the VM and planned again).
     pub phase: String,
     /// RFC 3339 start time.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -128,6 +128,7 @@ pub async fn serve(a: ServeArgs) -> Result<(), Failure> {
         }
     };
     wukong_local::process::check_tools().map_err(|e| Failure::Failed(e.to_string()))?;
+    wukong_engine::failpoint::check().map_err(Failure::Failed)?;
     let tcp = match (a.listen, a.token_file) {
         (Some(addr), Some(f)) => Some(TcpListen {
             addr,

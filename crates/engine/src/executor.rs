@@ -230,6 +230,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                             step: step.clone(),
                         },
                     )?;
+                    crate::failpoint::hit_step("started", &step);
                     let started = Instant::now();
                     let progress = ProgressEvents {
                         events: self.events,
@@ -243,7 +244,10 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                         .apply_step(vm, &step, &target.config, &progress)
                         .await
                     {
-                        Ok(()) => self.await_verified(vm, &step, &observed).await,
+                        Ok(()) => {
+                            crate::failpoint::hit_step("applied", &step);
+                            self.await_verified(vm, &step, &observed).await
+                        }
                         Err(e) => Err(e.to_string()),
                     };
                     match outcome {
@@ -259,6 +263,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                                     note: progress.note.lock().expect("progress note").take(),
                                 },
                             )?;
+                            crate::failpoint::hit_step("done", &step);
                             let started_vm = matches!(step.action, wukong_planner::Action::Start);
                             report.steps.push((step, StepOutcome::Done { duration }));
                             if started_vm && !booted {
@@ -316,6 +321,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                             steps: restart_steps.clone(),
                         },
                     )?;
+                    crate::failpoint::hit("restart.started");
                     let started = Instant::now();
                     match self
                         .backend
@@ -330,6 +336,7 @@ impl<B: Backend, J: Journal, S: EventSink> Engine<'_, B, J, S> {
                                     duration_ms: started.elapsed().as_millis() as u64,
                                 },
                             )?;
+                            crate::failpoint::hit("restart.done");
                             let (after, left) = self
                                 .preview(vm, &target.config, jiff::Timestamp::now())
                                 .await?;

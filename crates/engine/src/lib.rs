@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod events;
 pub mod executor;
+pub mod failpoint;
 pub mod status;
 
 pub use backend::{Backend, BackendError, StepProgress, VmRef};

@@ -293,6 +293,40 @@ pub fn apply_event(status: &mut WukongStatus, event: &Event) {
     }
 }
 
+/// Ends an operation that `status` shows in flight although nothing runs it any more (the
+/// process that ran it was killed): phase `Interrupted`, its running step too, the Resizing
+/// condition off. Returns the operation's id if there was one. Whoever starts again observes
+/// the VM and plans afresh; nothing of the old plan is replayed.
+pub fn interrupted(status: &mut WukongStatus) -> Option<String> {
+    let mut o = status.operation.take()?;
+    let id = o.id.clone();
+    let message =
+        "interrupted: the process running it stopped; the VM was observed and planned again";
+    o.phase = "Interrupted".into();
+    for s in o.steps.iter_mut() {
+        match s.state.as_str() {
+            "Running" => {
+                s.state = "Interrupted".into();
+                s.message = Some(message.into());
+            }
+            "Pending" => s.state = "Skipped".into(),
+            _ => {}
+        }
+    }
+    o.finished_at = Some(jiff::Timestamp::now().to_string());
+    o.message = Some(message.into());
+    status.last_operation = Some(o);
+    set_condition(
+        &mut status.conditions,
+        "Resizing",
+        false,
+        "Idle",
+        "no operation in flight",
+        None,
+    );
+    Some(id)
+}
+
 fn find_step<'a>(
     status: &'a mut WukongStatus,
     step: &Step,
@@ -366,5 +400,56 @@ pub fn report_into(status: &mut WukongStatus, report: &OperationReport) {
     }
     if report.succeeded {
         status.observed_generation = Some(report.generation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(state: &str) -> StepStatus {
+        StepStatus {
+            description: format!("a {state} step"),
+            mode: "live".into(),
+            state: state.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_operation_left_in_flight_ends_as_interrupted_and_nothing_is_resizing() {
+        let mut st = WukongStatus {
+            operation: Some(OperationStatus {
+                id: "3-2".into(),
+                phase: "Running".into(),
+                steps: vec![step("Done"), step("Running"), step("Pending")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        set_condition(
+            &mut st.conditions,
+            "Resizing",
+            true,
+            "OperationRunning",
+            "operation 3-2",
+            None,
+        );
+        assert_eq!(interrupted(&mut st).as_deref(), Some("3-2"));
+        assert!(st.operation.is_none());
+        let last = st.last_operation.as_ref().unwrap();
+        assert_eq!(last.phase, "Interrupted");
+        let states: Vec<&str> = last.steps.iter().map(|s| s.state.as_str()).collect();
+        assert_eq!(states, ["Done", "Interrupted", "Skipped"]);
+        assert!(last.finished_at.is_some() && last.message.is_some());
+        let resizing = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Resizing")
+            .unwrap();
+        assert_eq!(resizing.status, "False");
+        // Nothing in flight: nothing to end, the last operation stays as it was.
+        assert_eq!(interrupted(&mut st), None);
+        assert_eq!(st.last_operation.as_ref().unwrap().phase, "Interrupted");
     }
 }

@@ -346,7 +346,11 @@ impl<'a, T: Transport> Guest<'a, T> {
         let commands = stack
             .grow_commands()
             .map_err(|why| failed(format!("disk {serial}: {why}")))?;
-        for c in commands {
+        for (i, c) in commands.iter().enumerate() {
+            if i > 0 {
+                // Between two layers of the stack (e.g. partition grown, filesystem not yet).
+                wukong_engine::failpoint::hit("filesystem.layer-grown");
+            }
             let argv: Vec<&str> = c.argv.iter().map(String::as_str).collect();
             if c.checked {
                 self.run_ok(&argv, c.stdin, self.long).await?;
@@ -388,6 +392,7 @@ impl<'a, T: Transport> Guest<'a, T> {
                 let fresh = match self.blank(&target).await? {
                     Blank::Blank => {
                         self.format(&target, fs.fs_type).await?;
+                        wukong_engine::failpoint::hit("filesystem.formatted");
                         true
                     }
                     Blank::Used(_) => false,

@@ -324,6 +324,20 @@ impl Daemon {
         mut commands: mpsc::Receiver<(Command, Reply)>,
     ) {
         let recorder = Recorder::new(self.clone());
+        // An operation the status shows in flight was left by a daemon that was killed: it
+        // ends as interrupted, and this worker plans again from what the VM has.
+        let mut left = None;
+        let _ = self.backend.store().update::<StoreError>(&vm, None, |r| {
+            left = r.object.status.as_mut().and_then(status::interrupted);
+            Ok(())
+        });
+        if let Some(id) = left {
+            self.notice(
+                &vm,
+                format!("operation {id} was interrupted (the daemon stopped during it); the VM is observed and planned again"),
+                true,
+            );
+        }
         // Whether QEMU ran when last looked at, outside our own starts and stops.
         let mut was_running: Option<bool> = None;
         let mut op_seq: u64 = 0;

@@ -60,6 +60,8 @@ pub struct Daemon {
     pub home: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// The failpoint the next spawn arms (`WUKONG_FAILPOINT`), if any.
+    pub failpoint: Option<String>,
 }
 
 impl Daemon {
@@ -75,6 +77,7 @@ impl Daemon {
             home,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            failpoint: None,
         };
         d.spawn();
         d
@@ -87,7 +90,12 @@ impl Daemon {
             .append(true)
             .open(self.home.join("daemon.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command.env_remove("WUKONG_FAILPOINT");
+        if let Some(f) = &self.failpoint {
+            command.env("WUKONG_FAILPOINT", f);
+        }
+        let child = command
             .arg("serve")
             .args(&self.extra)
             .env("WUKONG_HOME", &self.home)
@@ -112,6 +120,25 @@ impl Daemon {
     /// The daemon's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits until the daemon process ends by itself (e.g. at an armed failpoint); false if
+    /// it still runs after `timeout`.
+    pub fn wait_died(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Some(c) = self.child.as_mut() else {
+            return true;
+        };
+        loop {
+            if c.try_wait().unwrap().is_some() {
+                self.child = None;
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the daemon hard (SIGKILL), leaving its VMs running.

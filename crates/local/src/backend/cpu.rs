@@ -21,6 +21,7 @@ impl LocalBackend {
         let need = to.saturating_sub(plugged);
         if need > 0 {
             self.hot_add_vcpus(vm, need).await?;
+            failpoint::hit("cpu.plugged");
         }
         // A guest with a rule onlines hot-added vCPUs itself; any it leaves offline (new or
         // plugged before) are onlined through the agent as soon as they appear.
@@ -93,6 +94,7 @@ impl LocalBackend {
             for id in hot.iter().rev().take(surplus) {
                 let deadline = tokio::time::Instant::now() + self.options.timeouts.unplug;
                 qmp.run(qmp::device_del { id: id.clone() }).await?;
+                failpoint::hit("cpu.unplug-requested");
                 loop {
                     if !hot_added_cpus(&qmp).await?.contains(id) {
                         break;

@@ -60,10 +60,12 @@ impl LocalBackend {
             .map(std::path::PathBuf::from);
         process::ensure_disk_image(&image, disk.size, src.as_deref(), &self.options.image_roots)
             .await?;
+        failpoint::hit("disk.image-created");
         let qmp = self.qmp(vm).await?;
         let present = qmp.peripherals().await?;
         if !present.contains(&disk_id(&disk.name)) {
             self.plug_disk(vm, &qmp, disk, &image).await?;
+            failpoint::hit("disk.device-added");
         }
         // A device QEMU already has (an attach cut short by a crash) is adopted.
         let d = disk.clone();
@@ -96,6 +98,7 @@ impl LocalBackend {
             })))
             .await?;
         }
+        failpoint::hit("disk.node-added");
         let mut props = serde_json::Map::new();
         props.insert("drive".into(), json!(node_name(&disk.name)));
         props.insert("serial".into(), json!(disk.name));
@@ -139,8 +142,10 @@ impl LocalBackend {
             }
             Err(_) => {}
         }
+        failpoint::hit("disk.unmounted");
         let qmp = self.qmp(vm).await?;
         self.unplug(&qmp, &disk_id(name)).await?;
+        failpoint::hit("disk.device-removed");
         let _ = qmp
             .run(qmp::blockdev_del {
                 node_name: node_name(name),

@@ -34,6 +34,7 @@ impl LocalBackend {
         let mut events = qmp.subscribe();
         qmp.qom_set(&path, "requested-size", json!(requested))
             .await?;
+        failpoint::hit("memory.requested");
         let from = current;
         let total = from.abs_diff(requested);
         // QEMU rate-limits the size-change event (one a second): it feeds progress, while the

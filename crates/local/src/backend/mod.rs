@@ -12,7 +12,7 @@ use qapi::qmp;
 use serde_json::json;
 use tokio::sync::broadcast;
 use wukong_api::{BackendKind, DiskConfig, NicConfig, VmConfig};
-use wukong_engine::{Backend, BackendError, StepProgress, VmRef};
+use wukong_engine::{Backend, BackendError, StepProgress, VmRef, failpoint};
 use wukong_planner::effect::apply;
 use wukong_planner::{
     Action, Capabilities, CpuRemoval, GuestView, Mode, Observed, QemuVersion, Step,

@@ -34,6 +34,7 @@ impl LocalBackend {
             .map(|(k, v)| (k, json!(v)))
             .collect();
         qmp.run(NetdevAdd(serde_json::Value::Object(props))).await?;
+        failpoint::hit("nic.netdev-added");
         let mut dev = serde_json::Map::new();
         dev.insert("netdev".into(), json!(netdev_id(&nic.name)));
         dev.insert("mac".into(), json!(nic.mac));
@@ -68,6 +69,7 @@ impl LocalBackend {
     pub(super) async fn remove_nic(&self, vm: &VmRef, name: &str) -> Result<(), BackendError> {
         let qmp = self.qmp(vm).await?;
         self.unplug(&qmp, &nic_id(name)).await?;
+        failpoint::hit("nic.device-removed");
         let _ = qmp
             .run(qmp::netdev_del {
                 id: netdev_id(name),

@@ -136,6 +136,7 @@ impl Backend for LocalBackend {
                     size: *to as i64,
                 })
                 .await?;
+                failpoint::hit("disk.resized");
                 let (disk, to) = (disk.clone(), *to);
                 self.update(vm, |r| {
                     if let Some(d) = r.definition.disks.iter_mut().find(|d| d.name == disk) {

@@ -1,0 +1,64 @@
+//! Failpoints: named places in an operation where a test build can die as a `kill -9` would
+//! kill it, so that the fault suite stops the daemon in the middle of a step without guessing
+//! at timing. Only a build with the `failpoints` feature has them; in any other build `hit`
+//! does nothing, and a daemon asked for one refuses to start (`check`).
+//!
+//! `WUKONG_FAILPOINT=NAME` arms one: the process kills itself (SIGKILL) the first time it
+//! reaches NAME, after a line on stderr saying so. The names are `step.PHASE.ACTION` for the
+//! engine's step boundaries (PHASE `started`, `applied` or `done`; ACTION the step's `action`
+//! as the API spells it, e.g. `addVcpus`), `restart.started` and `restart.done`, and
+//! `RESOURCE.WHAT` inside a backend's step (e.g. `memory.requested`).
+
+use wukong_planner::Step;
+
+/// The variable that arms a failpoint.
+pub const ENV: &str = "WUKONG_FAILPOINT";
+
+/// Whether this build has failpoints.
+pub const COMPILED: bool = cfg!(feature = "failpoints");
+
+/// Refuses a failpoint this build cannot honour, so that a test never passes by not dying.
+pub fn check() -> Result<(), String> {
+    match std::env::var(ENV) {
+        Ok(name) if !name.is_empty() && !COMPILED => Err(format!(
+            "{ENV}={name} is set, but this build has no failpoints (build with `--features failpoints`)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Dies here if the failpoint `name` is armed.
+#[inline]
+pub fn hit(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var(ENV).is_ok_and(|armed| armed == name) {
+        die(name);
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// Dies here if the failpoint of `phase` of this step is armed (`step.PHASE.ACTION`).
+#[inline]
+pub fn hit_step(phase: &str, step: &Step) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var(ENV).is_ok() {
+        let value = serde_json::to_value(&step.action).unwrap_or_default();
+        let action = value["action"].as_str().unwrap_or("unknown");
+        hit(&format!("step.{phase}.{action}"));
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (phase, step);
+}
+
+#[cfg(feature = "failpoints")]
+fn die(name: &str) -> ! {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "failpoint {name} reached: killing the process"
+    );
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    // SIGKILL cannot be caught; should it somehow return, end without any clean-up anyway.
+    std::process::abort()
+}

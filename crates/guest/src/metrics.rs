@@ -40,10 +40,13 @@ pub fn parse(text: &str, at: f64) -> Sample {
         match f.as_slice() {
             ["stat", "cpu", counters @ ..] if counters.len() >= 4 => {
                 let v: Vec<u64> = counters.iter().take(8).filter_map(|c| num(c)).collect();
-                if v.len() >= 4 {
-                    let all: u64 = v.iter().sum();
-                    // idle and iowait are not busy.
-                    let idle = v[3] + v.get(4).copied().unwrap_or(0);
+                // Counters that overflow when added up are nonsense: no CPU figure.
+                let all = v.iter().try_fold(0u64, |a, b| a.checked_add(*b));
+                // idle and iowait are not busy.
+                let idle = v
+                    .get(3)
+                    .and_then(|i| i.checked_add(v.get(4).copied().unwrap_or(0)));
+                if let (true, Some(all), Some(idle)) = (v.len() >= 4, all, idle) {
                     cpu = Some(CpuSample {
                         online: probe.cpus_online,
                         busy: all.saturating_sub(idle),
@@ -51,8 +54,11 @@ pub fn parse(text: &str, at: f64) -> Sample {
                     });
                 }
             }
-            ["meminfo", "MemTotal:", kb] => total = num(kb).map(|k| k.saturating_mul(1024)),
-            ["meminfo", "MemAvailable:", kb] => available = num(kb).map(|k| k.saturating_mul(1024)),
+            // A size in KiB that does not fit in bytes is nonsense: unknown, not the maximum.
+            ["meminfo", "MemTotal:", kb] => total = num(kb).and_then(|k| k.checked_mul(1024)),
+            ["meminfo", "MemAvailable:", kb] => {
+                available = num(kb).and_then(|k| k.checked_mul(1024))
+            }
             ["oom", n] => oom = num(n),
             ["psi", "some", rest @ ..] => {
                 pressure = rest
@@ -61,8 +67,9 @@ pub fn parse(text: &str, at: f64) -> Sample {
                     .and_then(|v| v.parse::<f64>().ok());
             }
             ["dfk", mount, k, u] => {
-                if let (Some(k), Some(u)) = (num(k), num(u)) {
-                    bytes.push((mount.to_string(), k * 1024, u * 1024));
+                let kib = |x: &str| num(x).and_then(|n| n.checked_mul(1024));
+                if let (Some(k), Some(u)) = (kib(k), kib(u)) {
+                    bytes.push((mount.to_string(), k, u));
                 }
             }
             ["dfi", mount, n, u] => {
@@ -147,6 +154,21 @@ psi full avg10=1.00 avg60=0 avg300=0 total=1\ndfi /data 65536 120\n"
         let s = parse(&text, 0.0);
         assert_eq!(s.memory.unwrap().pressure, Some(12.5));
         assert_eq!(s.filesystems["data"].inodes, Some((65536, 120)));
+    }
+
+    /// Found by the fuzzer: figures too big for bytes, or counters that overflow when added
+    /// up, are unknown (no figure), never a panic or the largest number.
+    #[test]
+    fn figures_that_overflow_are_unknown() {
+        let huge = u64::MAX / 2;
+        let text = format!(
+            "disk vda 524288 data\nmnt vda /data ext4 1000\nstat cpu {huge} {huge} {huge} 1 0\n\
+meminfo MemTotal: {huge}\nmeminfo MemAvailable: 1\ndfk /data {huge} 1\n"
+        );
+        let s = parse(&text, 0.0);
+        assert!(s.cpu.is_none(), "{:?}", s.cpu);
+        assert!(s.memory.is_none(), "{:?}", s.memory);
+        assert!(s.filesystems.is_empty(), "{:?}", s.filesystems);
     }
 
     #[test]

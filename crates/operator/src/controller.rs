@@ -505,6 +505,11 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         .any(|c| c.type_ == "Degraded" && c.status == "True");
     let changed = before.observed_generation.is_some_and(|g| g != generation);
     ctx.backend.probe_guest(&vm, degraded || changed);
+    // Reconciles of one Wukong never overlap: an operation the status shows in flight was left
+    // by an operator that stopped during it. It ends as interrupted; this one plans afresh.
+    if let Some(id) = wukong_engine::status::interrupted(&mut status) {
+        tracing::warn!(%vm, operation = %id, "an operation left in flight by a stopped operator ends as interrupted");
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(status_writer(
         ctx.clone(),

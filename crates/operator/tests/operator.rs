@@ -261,6 +261,12 @@ async fn an_operator_killed_mid_operation_converges_after_restart() {
     assert_eq!(vmi["status"]["currentCPUTopology"]["sockets"], 3);
     assert_eq!(vmi["status"]["memory"]["guestCurrent"], "3Gi");
     assert_eq!(fs_total(&c, "w", "/data"), Some(25 << 30));
+    let w = c.wukong("w").unwrap();
+    assert!(w["status"]["operation"].is_null(), "nothing left in flight");
+    assert_eq!(
+        c.condition("w", "Resizing").map(|(s, _, _)| s).as_deref(),
+        Some("False")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -476,9 +476,25 @@ fn admit_spec(d: &Daemon, rec: &VmRecord, spec: &wukong_api::WukongSpec) -> Resu
     Ok(())
 }
 
+/// A VM being deleted takes no change: its worker is gone and its files are going.
+fn not_deleting(rec: &VmRecord) -> Result<(), ApiError> {
+    match rec.object.metadata.deletion_timestamp {
+        Some(_) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "{} is being deleted",
+                rec.object.metadata.name.as_deref().unwrap_or_default()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The record's spec after applying `patch` (a Wukong document, possibly partial), checked as
 /// a whole and against what the VM has.
 fn patched(d: &Daemon, rec: &VmRecord, patch: &Value) -> Result<wukong_api::WukongSpec, ApiError> {
+    not_deleting(rec)?;
     if let Some(k) = patch.get("kind").and_then(Value::as_str)
         && k != "Wukong"
     {
@@ -605,40 +621,20 @@ async fn delete(
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult {
     let vm = VmRef::new(&ns, &name);
-    let rec = get_record(&d, &vm)?;
-    d.remove_worker(&vm).await;
-    d.backend.stop(&vm).await.map_err(ApiError::internal)?;
-    let dir = d.backend.dir(&vm);
-    let keep_disks = !q.delete_disks.unwrap_or(false);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            if keep_disks && e.file_name() == "disks" {
-                continue;
-            }
-            let p = e.path();
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
+    // Marked first, in one transaction: from here on no change, start or worker touches the
+    // VM (a PATCH racing the delete could otherwise boot QEMU in the directory being removed).
+    let delete_disks = q.delete_disks.unwrap_or(false);
+    let rec = d.backend.store().update::<ApiError>(&vm, None, |r| {
+        if r.object.metadata.deletion_timestamp.is_none() {
+            r.object.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            );
         }
-    }
-    if !keep_disks {
-        let _ = std::fs::remove_dir(&dir);
-    }
-    d.backend.store().delete(&vm)?;
-    d.notice(
-        &vm,
-        if keep_disks {
-            format!(
-                "deleted; disk images kept in {}",
-                dir.join("disks").display()
-            )
-        } else {
-            "deleted with its disk images".into()
-        },
-        false,
-    );
+        r.delete_disks |= delete_disks;
+        Ok(())
+    })?;
+    let keep_disks = !rec.delete_disks;
+    d.finish_delete(&vm).await.map_err(ApiError::internal)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": "Status", "status": "Success", "details": {"name": name, "disksKept": keep_disks, "object": rec.object.metadata}}),
@@ -649,6 +645,7 @@ async fn delete(
 async fn lifecycle(d: Arc<Daemon>, ns: String, name: String, cmd: Command) -> ApiResult {
     let vm = VmRef::new(&ns, &name);
     let rec = get_record(&d, &vm)?;
+    not_deleting(&rec)?;
     if matches!(cmd, Command::Start) && !crate::admission::holds_memory(&rec) {
         d.admit(&vm, crate::admission::desired_memory(&rec))
             .map_err(memory_error)?;
@@ -726,6 +723,7 @@ fn switch_strategy(
     }
     let _admission = d.admission();
     let rec = d.backend.store().update::<ApiError>(&vm, None, |r| {
+        not_deleting(r)?;
         let mut spec = r.object.spec.clone();
         spec.run_strategy = Some(to);
         admit_spec(d, r, &spec)?;
@@ -754,6 +752,7 @@ async fn rollback(
     let seq = latest_seq(&d);
     let mut notes = Vec::new();
     let rec = d.backend.store().update::<ApiError>(&vm, None, |r| {
+        not_deleting(r)?;
         let Some((generation, last)) = r.last_converged.clone() else {
             return Err(ApiError::new(StatusCode::CONFLICT, "NothingToRollBackTo", format!("wukong {vm} has not converged to any spec yet")));
         };

@@ -231,17 +231,76 @@ impl Daemon {
         let _ = Recorder::new(self.clone()).write(vm, &Event::Notice { message, warning });
     }
 
-    /// Starts a worker for every stored VM (after a daemon restart: re-attach, reconcile).
+    /// Starts a worker for every stored VM (after a daemon restart: re-attach, reconcile),
+    /// and finishes the deletes a killed daemon left half done.
     pub fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
         let records = self.backend.store().list(None)?;
         for rec in &records {
-            self.ensure_worker(rec);
+            if rec.object.metadata.deletion_timestamp.is_some() {
+                let (d, vm) = (self.clone(), record_ref(rec));
+                tokio::spawn(async move {
+                    if let Err(e) = d.finish_delete(&vm).await {
+                        tracing::warn!(%vm, error = %e, "the delete left by the last daemon did not finish");
+                    }
+                });
+            } else {
+                self.ensure_worker(rec);
+            }
         }
         Ok(records.len())
     }
 
+    /// Deletes a VM marked for deletion: its worker stopped, QEMU stopped, its files (the disk
+    /// images too if the delete asked for that) and its record removed. Safe to run again
+    /// after a crash part-way.
+    pub async fn finish_delete(self: &Arc<Self>, vm: &VmRef) -> Result<(), String> {
+        let Some(rec) = self.backend.store().get(vm).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        if rec.object.metadata.deletion_timestamp.is_none() {
+            return Err(format!("{vm} is not marked for deletion"));
+        }
+        self.remove_worker(vm).await;
+        self.backend.stop(vm).await.map_err(|e| e.to_string())?;
+        let dir = self.backend.dir(vm);
+        let keep_disks = !rec.delete_disks;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if keep_disks && e.file_name() == "disks" {
+                    continue;
+                }
+                let p = e.path();
+                let _ = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+        if !keep_disks {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        self.backend.store().delete(vm).map_err(|e| e.to_string())?;
+        self.notice(
+            vm,
+            if keep_disks {
+                format!(
+                    "deleted; disk images kept in {}",
+                    dir.join("disks").display()
+                )
+            } else {
+                "deleted with its disk images".into()
+            },
+            false,
+        );
+        Ok(())
+    }
+
     /// Makes sure `rec`'s VM has a worker, and tells it the desired state changed.
     pub fn ensure_worker(self: &Arc<Self>, rec: &VmRecord) {
+        if rec.object.metadata.deletion_timestamp.is_some() {
+            return;
+        }
         let vm = record_ref(rec);
         let Ok(config) = desired_config(rec) else {
             return;
@@ -348,6 +407,10 @@ impl Daemon {
             let Ok(Some(rec)) = self.backend.store().get(&vm) else {
                 return;
             };
+            // Being deleted: the delete stops QEMU and removes the files; nothing may start it.
+            if rec.object.metadata.deletion_timestamp.is_some() {
+                return;
+            }
             let generation = rec.object.metadata.generation.unwrap_or(1);
             if retry.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 failures = None;
@@ -574,5 +637,6 @@ pub fn new_record(mut object: wukong_api::Wukong, config: &VmConfig, pinned: Pin
         ports_total: 0,
         stopped_by_user: false,
         last_converged: None,
+        delete_disks: false,
     }
 }

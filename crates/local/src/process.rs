@@ -303,7 +303,12 @@ mod tests {
             .unwrap();
         let pid = Pid::from_raw(child.id() as i32);
         std::fs::write(VmFiles::pid(dir.path()), pid.to_string()).unwrap();
-        assert_eq!(running_pid(dir.path()), Some(pid));
+        // Until the child has exec'd, its command line is still the parent's.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while running_pid(dir.path()) != Some(pid) {
+            assert!(Instant::now() < deadline, "the stand-in never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         std::fs::remove_file(VmFiles::pid(dir.path())).unwrap();
         assert_eq!(running_pid(dir.path()), None);
         assert!(

@@ -56,6 +56,10 @@ pub struct VmRecord {
     /// The last spec the VM fully converged to, and its generation (for `wukong rollback`).
     #[serde(default)]
     pub last_converged: Option<(i64, wukong_api::WukongSpec)>,
+    /// Whether the delete in progress (`metadata.deletionTimestamp` set) removes the disk
+    /// images too.
+    #[serde(default)]
+    pub delete_disks: bool,
 }
 
 /// An event as stored, with its VM and time.

@@ -55,7 +55,19 @@ fn send(addr: std::net::SocketAddr, method: &str, path: &[u8], body: &str) -> u1
 
 /// A daemon over `home` trusting `roots` (no VM is ever booted by these tests).
 fn daemon(home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
-    let store = Arc::new(Store::open(&home.database()).unwrap());
+    daemon_with(
+        Arc::new(Store::open(&home.database()).unwrap()),
+        home,
+        roots,
+    )
+}
+
+/// A second daemon over the same home and (still open) database.
+fn daemon_on(store: Arc<Store>, home: &Home) -> Arc<Daemon> {
+    daemon_with(store, home, Vec::new())
+}
+
+fn daemon_with(store: Arc<Store>, home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
     let options = LocalOptions {
         accel: Accel::Tcg,
         boot: BootSource {
@@ -287,4 +299,88 @@ fn token_files_must_be_private_and_long() {
         good
     );
     assert!(read(&dir.path().join("missing")).is_err());
+}
+
+/// A delete is marked before anything is removed: a VM being deleted (here, as a daemon killed
+/// part-way through a delete leaves it) takes no change, start or rollback, and the next
+/// daemon finishes the delete. (A PATCH racing a delete once could boot QEMU in the directory
+/// being removed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_being_deleted_takes_no_change_and_the_next_daemon_finishes_the_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    home.ensure().unwrap();
+    let d = daemon(&home, Vec::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = wukong_local::api::router(d.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let one = format!("{PREFIX}/namespaces/default/wukongs/vm");
+    let created = tokio::task::spawn_blocking(move || {
+        send(
+            addr,
+            "POST",
+            format!("{PREFIX}/namespaces/default/wukongs").as_bytes(),
+            r#"{"apiVersion":"vm.novasphere.dev/v1alpha1","kind":"Wukong","metadata":{"name":"vm"},"spec":{"cpu":1,"memory":"256Mi","runStrategy":"Halted","disks":[{"name":"system","size":"1Gi"}]}}"#,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(created, 201);
+    let vm = wukong_engine::VmRef::new("default", "vm");
+    let store = d.backend.store().clone();
+    store
+        .update::<wukong_local::store::StoreError>(&vm, None, |r| {
+            r.object.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            );
+            r.delete_disks = true;
+            Ok(())
+        })
+        .unwrap();
+    let before = store.get(&vm).unwrap().unwrap();
+    let codes = tokio::task::spawn_blocking(move || {
+        [
+            ("PATCH", one.clone(), r#"{"spec":{"cpu":2}}"#),
+            ("POST", format!("{one}/start"), ""),
+            ("POST", format!("{one}/restart"), ""),
+            ("POST", format!("{one}/rollback"), ""),
+        ]
+        .map(|(m, p, b)| (p.clone(), send(addr, m, p.as_bytes(), b)))
+    })
+    .await
+    .unwrap();
+    for (path, code) in codes {
+        assert_eq!(code, 409, "{path}");
+    }
+    let after = store.get(&vm).unwrap().unwrap();
+    // The worker started by the create may still have written status; spec and generation
+    // are what a change would move.
+    assert_eq!(
+        serde_json::to_value(&after.object.spec).unwrap(),
+        serde_json::to_value(&before.object.spec).unwrap(),
+        "nothing changed"
+    );
+    assert_eq!(
+        after.object.metadata.generation,
+        before.object.metadata.generation
+    );
+    // The next daemon (same home) finishes the delete.
+    drop(d);
+    let d = daemon_on(store.clone(), &home);
+    d.resume_all().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while store.get(&vm).unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete was not finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !home.root().join("vms/default/vm").exists(),
+        "its files are gone"
+    );
 }

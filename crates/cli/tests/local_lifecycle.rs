@@ -75,6 +75,20 @@ fn boots_from_a_spec_and_the_guest_has_what_it_says() {
     ]);
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "a b;c\n");
+    // A command that runs past its timeout fails, saying so, and does not outlive it.
+    let out = d.wk(&["exec", "vm1", "--timeout", "2", "--", "sleep", "987"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("timed out") && err.contains("sleep 987"),
+        "{err}"
+    );
+    assert!(!err.contains("may still run"), "{err}");
+    let ps = d.exec("vm1", &["ps", "-o", "args"]);
+    assert!(
+        !ps.contains("sleep 987"),
+        "still running after its timeout:\n{ps}"
+    );
     // Delete stops it and keeps the disks unless asked.
     let pid = d.qemu_pid("vm1").expect("running");
     assert!(d.wk(&["delete", "vm1"]).status.success());

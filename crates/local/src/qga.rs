@@ -155,9 +155,60 @@ impl Qga {
                 });
             }
             if Instant::now() >= deadline {
-                return Err(timeout_err(&format!("`{}`", argv.join(" ")), timeout));
+                let mut err = timeout_err(&format!("`{}`", argv.join(" ")), timeout);
+                if let Err(e) = self.kill(started.pid).await
+                    && let BackendError::Timeout { what, .. } = &mut err
+                {
+                    what.push_str(&format!(" (and it may still run in the guest: {e})"));
+                }
+                return Err(err);
             }
             // Polling the agent for the process's end: the agent has no completion event.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Ends a command that ran past its time: SIGKILL through the guest's own `kill` (the
+    /// agent has no command for it), then its status is read until the agent saw it end, so
+    /// nothing is left running or unreaped.
+    async fn kill(&self, pid: i64) -> Result<(), BackendError> {
+        const PATIENCE: Duration = Duration::from_secs(10);
+        let killer = self
+            .run(
+                qga::guest_exec {
+                    path: "kill".into(),
+                    arg: Some(vec!["-9".into(), pid.to_string()]),
+                    env: None,
+                    input_data: None,
+                    capture_output: Some(qga::GuestExecCaptureOutput::flag(true)),
+                },
+                PATIENCE,
+            )
+            .await?;
+        let deadline = Instant::now() + PATIENCE;
+        let mut pause = Duration::from_millis(5);
+        let mut killer_done = false;
+        loop {
+            if !killer_done {
+                killer_done = self
+                    .run(qga::guest_exec_status { pid: killer.pid }, PATIENCE)
+                    .await?
+                    .exited;
+            }
+            if self
+                .run(qga::guest_exec_status { pid }, PATIENCE)
+                .await?
+                .exited
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(BackendError::Failed(format!(
+                    "process {pid} did not end on SIGKILL within {PATIENCE:?}"
+                )));
+            }
+            // Polling, as for any command: the agent has no completion event.
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         }

@@ -17,7 +17,7 @@ impl LocalBackend {
             .ok_or_else(|| failed("memory below the boot size cannot be removed live"))?;
         let qmp = self.qmp(vm).await?;
         let path = format!("/machine/peripheral/{VMEM_ID}");
-        let current = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
+        let current = vmem_bytes(&qmp, &path, "size").await?;
         if current == requested {
             return Ok(());
         }
@@ -55,7 +55,7 @@ impl LocalBackend {
                     }
                 },
                 _ = tick.tick() => {
-                    let size = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
+                    let size = vmem_bytes(&qmp, &path, "size").await?;
                     if size == requested {
                         progress.progress(total, total, how);
                         return Ok(());
@@ -81,15 +81,22 @@ pub(super) async fn settled_memory(qmp: &Qmp) -> Result<u64, BackendError> {
     let path = format!("/machine/peripheral/{VMEM_ID}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let size = qmp.qom_get(&path, "size").await?.as_u64().unwrap_or(0);
-        let requested = qmp
-            .qom_get(&path, "requested-size")
-            .await?
-            .as_u64()
-            .unwrap_or(0);
+        let size = vmem_bytes(qmp, &path, "size").await?;
+        let requested = vmem_bytes(qmp, &path, "requested-size").await?;
         if size == requested || tokio::time::Instant::now() >= deadline {
             return Ok(size);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A byte count of the virtio-mem device. A reply that is not one is an error, never read as
+/// 0 (that would make a plugged device look empty).
+async fn vmem_bytes(qmp: &Qmp, path: &str, property: &str) -> Result<u64, BackendError> {
+    let v = qmp.qom_get(path, property).await?;
+    v.as_u64().ok_or_else(|| {
+        failed(format!(
+            "QEMU answered {v} for {path} {property}, not a byte count"
+        ))
+    })
 }

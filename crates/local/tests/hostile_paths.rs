@@ -1,7 +1,9 @@
-//! The local API refuses namespaces and names that are not DNS labels on every route, before
-//! anything becomes a path: a hostile corpus (traversal, encoded slashes, absolute paths, NUL,
-//! overlong, non-ASCII) sent raw over TCP gets a 4xx everywhere and nothing is written on disk.
-//! (A namespace `..%2F..%2F..%2Fsome%2Fdir` once made a VM directory outside WUKONG_HOME.)
+//! The local API under hostile or concurrent use. It refuses namespaces and names that are
+//! not DNS labels on every route, before anything becomes a path: a hostile corpus
+//! (traversal, encoded slashes, absolute paths, NUL, overlong, non-ASCII) sent raw over TCP
+//! gets a 4xx everywhere and nothing is written on disk. (A namespace
+//! `..%2F..%2F..%2Fsome%2Fdir` once made a VM directory outside WUKONG_HOME.) A VM being
+//! deleted takes no change; concurrent PATCHes land one at a time.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,6 +35,11 @@ fn tree(root: &Path) -> Vec<PathBuf> {
 
 /// The status code of one raw HTTP/1.1 request (the path exactly as given).
 fn send(addr: std::net::SocketAddr, method: &str, path: &[u8], body: &str) -> u16 {
+    exchange(addr, method, path, body).0
+}
+
+/// The status code and body of one raw HTTP/1.1 request (the path exactly as given).
+fn exchange(addr: std::net::SocketAddr, method: &str, path: &[u8], body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let mut req = format!("{method} ").into_bytes();
     req.extend_from_slice(path);
@@ -47,10 +54,13 @@ fn send(addr: std::net::SocketAddr, method: &str, path: &[u8], body: &str) -> u1
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out);
-    text.split_whitespace()
+    let code = text
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
 }
 
 /// A daemon over `home` trusting `roots` (no VM is ever booted by these tests).
@@ -382,5 +392,135 @@ async fn a_vm_being_deleted_takes_no_change_and_the_next_daemon_finishes_the_del
     assert!(
         !home.root().join("vms/default/vm").exists(),
         "its files are gone"
+    );
+}
+
+/// Two clients at once: of many PATCHes made against the same resourceVersion exactly one
+/// lands, the others get 409 and change nothing; PATCHes without one all land, one after the
+/// other, each with its own generation, and the stored spec is the last one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_land_one_at_a_time_and_a_stale_resource_version_is_refused() {
+    const CLIENTS: u32 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    home.ensure().unwrap();
+    let d = daemon(&home, Vec::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = wukong_local::api::router(d.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let one = format!("{PREFIX}/namespaces/default/wukongs/vm");
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        exchange(
+            addr,
+            "POST",
+            format!("{PREFIX}/namespaces/default/wukongs").as_bytes(),
+            r#"{"apiVersion":"vm.novasphere.dev/v1alpha1","kind":"Wukong","metadata":{"name":"vm"},"spec":{"cpu":1,"maxCpu":32,"memory":"256Mi","runStrategy":"Halted","disks":[{"name":"system","size":"1Gi"}]}}"#,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 201, "{body}");
+    let vm = wukong_engine::VmRef::new("default", "vm");
+    let store = d.backend.store().clone();
+    // Every client read the same version. The worker's status writes move the version too
+    // (as on Kubernetes), so a round may see all refused; rounds go on until one lands.
+    let mut rounds = 0;
+    let (winner, generation) = loop {
+        rounds += 1;
+        assert!(rounds <= 50, "no round had a winner");
+        let (code, body) = {
+            let path = one.clone();
+            tokio::task::spawn_blocking(move || exchange(addr, "GET", path.as_bytes(), ""))
+                .await
+                .unwrap()
+        };
+        assert_eq!(code, 200, "{body}");
+        let read: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let rv = read["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let generation = read["metadata"]["generation"].as_i64().unwrap();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (path, rv) = (one.clone(), rv.clone());
+                std::thread::spawn(move || {
+                    let patch = format!(
+                        r#"{{"metadata":{{"resourceVersion":"{rv}"}},"spec":{{"cpu":{}}}}}"#,
+                        i + 2
+                    );
+                    (i + 2, exchange(addr, "PATCH", path.as_bytes(), &patch))
+                })
+            })
+            .collect();
+        let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        let won: Vec<u32> = answers
+            .iter()
+            .filter(|(_, (c, _))| *c == 200)
+            .map(|(cpu, _)| *cpu)
+            .collect();
+        assert!(
+            won.len() <= 1,
+            "more than one PATCH of the same version landed: {answers:?}"
+        );
+        for (_, (code, body)) in answers.iter().filter(|(_, (c, _))| *c != 200) {
+            assert_eq!(*code, 409, "{body}");
+            assert!(body.contains("resourceVersion"), "{body}");
+        }
+        let rec = store.get(&vm).unwrap().unwrap();
+        match won.first() {
+            Some(cpu) => break (*cpu, generation),
+            None => assert_eq!(
+                rec.object.metadata.generation,
+                Some(generation),
+                "a refused PATCH changed the spec"
+            ),
+        }
+    };
+    let rec = store.get(&vm).unwrap().unwrap();
+    assert_eq!(rec.object.spec.cpu, Some(winner), "the winner's spec");
+    assert_eq!(rec.object.metadata.generation, Some(generation + 1));
+    let generation = generation + 1;
+
+    // Without a resourceVersion every PATCH lands, serialised.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let path = one.clone();
+            std::thread::spawn(move || {
+                // Values no other PATCH sets: each one is a change.
+                let patch = format!(r#"{{"spec":{{"cpu":{}}}}}"#, i + 2 + CLIENTS);
+                exchange(addr, "PATCH", path.as_bytes(), &patch)
+            })
+        })
+        .collect();
+    let mut landed: Vec<(i64, u32)> = clients
+        .into_iter()
+        .map(|c| {
+            let (code, body) = c.join().unwrap();
+            assert_eq!(code, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (
+                v["metadata"]["generation"].as_i64().unwrap(),
+                v["spec"]["cpu"].as_u64().unwrap() as u32,
+            )
+        })
+        .collect();
+    landed.sort();
+    let generations: Vec<i64> = landed.iter().map(|(g, _)| *g).collect();
+    let expected: Vec<i64> = (generation + 1..=generation + i64::from(CLIENTS)).collect();
+    assert_eq!(
+        generations, expected,
+        "one generation each, none lost: {landed:?}"
+    );
+    let rec = store.get(&vm).unwrap().unwrap();
+    let last = landed.last().unwrap();
+    assert_eq!(rec.object.metadata.generation, Some(last.0));
+    assert_eq!(
+        rec.object.spec.cpu,
+        Some(last.1),
+        "the last PATCH's spec is stored"
     );
 }

@@ -6,10 +6,11 @@
 # and p15 EFI at the front, p1 root ext4 last). The EFI partition makes it bootable by UEFI
 # alone: a standalone GRUB at the removable-media path /EFI/BOOT/BOOTX64.EFI (a fresh
 # variable store has no boot entries) whose embedded grub.cfg boots the kernel and initrd
-# beside it. Nothing onlines hot-added CPUs or memory: no udev rules, no memhp_default_state.
+# beside it. It boots by BIOS too: GRUB's boot sector in the MBR and its core image in p14,
+# written by hand as grub-bios-setup would (no device needed). Nothing onlines hot-added CPUs or memory: no udev rules, no memhp_default_state.
 # Built without loop devices (sfdisk on a file, mke2fs -d, mkfs.vfat -C, mtools, dd). Needs
 # root (debootstrap, chroot), debootstrap, dosfstools, mtools, fdisk, e2fsprogs, qemu-utils,
-# grub-efi-amd64-bin (grub-mkstandalone).
+# grub-efi-amd64-bin (grub-mkstandalone), grub-pc-bin (grub-mkimage's i386-pc modules).
 #
 # Usage: build-stock-guest.sh OUTDIR
 # Writes OUTDIR/vmlinux, OUTDIR/initrd.img, OUTDIR/disk.qcow2, OUTDIR/cmdline and
@@ -71,9 +72,10 @@ for m in dev/pts dev sys proc; do umount "$root/$m"; done
 rm -rf "$root"/var/lib/apt/lists/*
 echo "kernel $kpkg: $((SECONDS - t1)) s"
 
-# A guest as its image would come: a hostname, the root filesystem by label, nothing else.
+# A guest as its image would come: a hostname, the root filesystem by label, its locale.
 echo stock >"$root/etc/hostname"
 printf 'LABEL=root / ext4 defaults 0 1\n' >"$root/etc/fstab"
+echo 'LANG=en_US.UTF-8' >"$root/etc/default/locale"  # the locale generated above, in use
 : >"$root/etc/machine-id"
 
 mkdir -p "$out"
@@ -115,6 +117,31 @@ mcopy -i "$work/esp.img" "$work/initrd.img" ::/initrd.img
 dd if="$work/esp.img" of="$work/disk.raw" bs=512 seek=8192 conv=notrunc,sparse status=none
 mke2fs -q -t ext4 -L root -d "$root" "$work/root.img" $((root_sectors / 2))k
 dd if="$work/root.img" of="$work/disk.raw" bs=1M oflag=seek_bytes seek=$((root_start * 512)) conv=notrunc,sparse status=none
+# BIOS: what grub-bios-setup does for a GPT disk, done on the file. GRUB's boot sector goes in
+# the protective MBR's code area (its partition table kept) pointing at p14, which holds the
+# core image; the core image's first sector lists where the rest of it is. Its embedded
+# configuration boots the same kernel and initrd from the EFI partition.
+cat >"$work/grub-bios.cfg" <<'GRUB'
+search --no-floppy --file --set=root /vmlinuz
+linux /vmlinuz root=LABEL=root ro console=ttyS0
+initrd /initrd.img
+boot
+GRUB
+grub-mkimage -O i386-pc -o "$work/core.img" -p /boot/grub -c "$work/grub-bios.cfg" \
+    biosdisk part_gpt fat search search_fs_file linux boot
+core_sectors=$(( ($(stat -c %s "$work/core.img") + 511) / 512 ))
+[ "$core_sectors" -le 6144 ] || { echo "GRUB's core image ($core_sectors sectors) does not fit p14" >&2; exit 1; }
+# Writes $1 as $2 little-endian bytes at byte $3 of file $4.
+put_le() {
+    local i bytes=""
+    for ((i = 0; i < $2; i++)); do bytes+=$(printf '\\x%02x' $((($1 >> (8 * i)) & 255))); done
+    printf "$bytes" | dd of="$4" bs=1 seek="$3" conv=notrunc status=none
+}
+put_le 2049 8 $((0x1f4)) "$work/core.img"               # the rest starts after the first sector
+put_le $((core_sectors - 1)) 2 $((0x1fc)) "$work/core.img" # and is this many sectors long
+dd if="$work/core.img" of="$work/disk.raw" bs=512 seek=2048 conv=notrunc status=none
+dd if=/usr/lib/grub/i386-pc/boot.img of="$work/disk.raw" bs=440 count=1 conv=notrunc status=none
+put_le 2048 8 $((0x5c)) "$work/disk.raw"                # the core image's first sector
 qemu-img convert -O qcow2 "$work/disk.raw" "$work/disk.qcow2"
 
 mv "$work/vmlinux" "$work/initrd.img" "$work/disk.qcow2" "$out/"

@@ -74,5 +74,5 @@ ensure_vm_packages() {
 
 # What the stock Debian test guest's build needs (scripts/build-stock-guest.sh). Idempotent.
 ensure_stock_guest_packages() {
-    ensure_host_packages debootstrap dosfstools fdisk e2fsprogs xz-utils grub-efi-amd64-bin mtools
+    ensure_host_packages debootstrap dosfstools fdisk e2fsprogs xz-utils grub-efi-amd64-bin grub-pc-bin mtools
 }

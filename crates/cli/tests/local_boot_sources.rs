@@ -2,7 +2,8 @@
 //! cloud-init and a standalone GRUB at the EFI removable-media path, nothing else of ours):
 //! one daemon runs a VM that boots its image by UEFI alone and one that boots a kernel from
 //! the host; cloud-init configures each from its NoCloud seed; the root filesystem grows live;
-//! a cloud-init change waits for the next boot and a boot change for a restart.
+//! a cloud-init change waits for the next boot and a boot change for a restart, which then
+//! boots the same image by BIOS with the new cloud-init data under the same instance-id.
 
 mod common;
 
@@ -188,4 +189,39 @@ fn two_vms_boot_their_own_way_and_cloud_init_configures_each() {
         o["status"]
     );
     assert_eq!(d.boot_id("deb-uefi"), boot_id);
+
+    // The restart applies it: the same image boots by BIOS now (GRUB in the MBR, its core in
+    // the BIOS boot partition), and cloud-init takes the new data under the same instance-id,
+    // so the VM is the same machine to it (its host key kept).
+    let host_key = d.exec("deb-uefi", &["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]);
+    assert!(d.wk(&["restart", "deb-uefi"]).status.success());
+    d.wait_for("deb-uefi", "the boot change applied", BOOT, |o| {
+        o["status"]["restartPending"] == false && o["status"]["phase"] == "Running"
+    });
+    assert_ne!(d.boot_id("deb-uefi"), boot_id, "restarted");
+    let status = cloud_init_done(&d, "deb-uefi");
+    assert!(
+        status.contains("done"),
+        "after the restart: cloud-init {status}"
+    );
+    assert!(
+        !d.wk(&["exec", "deb-uefi", "--", "test", "-d", "/sys/firmware/efi"])
+            .status
+            .success(),
+        "booted by BIOS"
+    );
+    assert_eq!(d.exec("deb-uefi", &["hostname"]).trim(), "uefi-two");
+    assert_eq!(
+        d.exec("deb-uefi", &["cat", "/var/lib/cloud/data/instance-id"])
+            .trim(),
+        uid
+    );
+    assert_eq!(
+        d.exec("deb-uefi", &["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]),
+        host_key
+    );
+    assert!(
+        fs_bytes(&d, "deb-uefi", "/") >= after,
+        "the grown / is kept"
+    );
 }

@@ -198,7 +198,9 @@ pub fn apply_event(status: &mut WukongStatus, event: &Event) {
                 s.state = "Running".into();
             }
         }
-        Event::StepProgress { done, total, .. } => {
+        Event::StepProgress {
+            done, total, note, ..
+        } => {
             if let Some(s) = status
                 .operation
                 .as_mut()
@@ -206,6 +208,11 @@ pub fn apply_event(status: &mut WukongStatus, event: &Event) {
                 && *total > 0
             {
                 s.progress = Some(((done * 100) / total).min(100) as u8);
+                // What the step is waiting for, while it runs ("disk tools: ImportInProgress
+                // 47.00%").
+                if !note.is_empty() {
+                    s.message = Some(note.clone());
+                }
             }
         }
         Event::StepDone {

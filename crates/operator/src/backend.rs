@@ -25,20 +25,8 @@ use wukong_planner::{Action, Capabilities, GuestDiskView, GuestView, Observed, P
 use crate::guest::Guest;
 use crate::writes;
 
-/// Importer restarts without progress after which an import counts as failed (CDI backs off
-/// 10 s, 20 s, 40 s…: about a minute).
-pub const IMPORT_RESTARTS: u64 = 3;
-
-/// Where the imports of a VM's disks stand.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Imports {
-    /// Every disk with a source is imported (or there is none).
-    Done,
-    /// Some are on their way: what each is doing.
-    Pending(String),
-    /// One failed, with the reason.
-    Failed(String),
-}
+mod imports;
+pub use imports::{DvState, IMPORT_RESTARTS, Imports, dv_state};
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
@@ -92,6 +80,12 @@ pub fn namespace_terminating(e: &kube::Error) -> bool {
         && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
+/// Progress no one is told of.
+struct Quiet;
+impl StepProgress for Quiet {
+    fn progress(&self, _: u64, _: u64, _: &str) {}
+}
+
 fn to_value(o: DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
 }
@@ -105,6 +99,9 @@ pub struct KubeTimeouts {
     pub restart: Duration,
     /// How long one guest command may take.
     pub guest: Duration,
+    /// How long the import of a disk hot-plugged from a source may take (one that gets
+    /// nowhere fails sooner: see [`IMPORT_RESTARTS`]).
+    pub import: Duration,
 }
 
 impl Default for KubeTimeouts {
@@ -113,6 +110,7 @@ impl Default for KubeTimeouts {
             resize: Duration::from_secs(120),
             restart: Duration::from_secs(300),
             guest: Duration::from_secs(120),
+            import: Duration::from_secs(3600),
         }
     }
 }
@@ -247,82 +245,6 @@ impl KubevirtBackend {
             .await
             .map(|o| o.map(to_value))
             .map_err(|e| api_error(&format!("{} {ns}/{name}", ar.kind), e))
-    }
-
-    /// Where the imports of the disks with a source of a VM KubeVirt has not started stand
-    /// (CDI's DataVolumes, by GET). A disk whose PVC is bound counts as imported whether or
-    /// not its DataVolume is still there.
-    pub async fn imports(&self, vm: &VmRef, desired: &VmConfig) -> Result<Imports, BackendError> {
-        // KubeVirt starts a VM once the DataVolumes of its templates are imported; a disk
-        // with a source added to a running VM is its attach step's business.
-        if self
-            .get(&vmi_resource(), &vm.namespace, &vm.name)
-            .await?
-            .is_some()
-        {
-            return Ok(Imports::Done);
-        }
-        let mut pending = Vec::new();
-        for d in desired.disks.iter().filter(|d| d.source.is_some()) {
-            let name = pvc_name(&vm.name, &d.name);
-            // None also where there is no CDI at all (the resource is unknown: a 404 too).
-            let Some(dv) = self.get(&dv_resource(), &vm.namespace, &name).await? else {
-                let bound = self
-                    .get(&pvc_resource(), &vm.namespace, &name)
-                    .await?
-                    .is_some_and(|p| p["status"]["phase"] == "Bound");
-                if !bound {
-                    pending.push(format!(
-                        "disk {}: waiting for its DataVolume {name} (is CDI installed?)",
-                        d.name
-                    ));
-                }
-                continue;
-            };
-            let status = &dv["status"];
-            let phase = status["phase"].as_str().unwrap_or("Pending");
-            let progress = status["progress"].as_str().unwrap_or("N/A");
-            let restarts = status["restartCount"].as_u64().unwrap_or(0);
-            let reason = || {
-                status["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find_map(|c| c["message"].as_str().filter(|m| !m.is_empty()))
-                    .unwrap_or("no reason given")
-                    .to_string()
-            };
-            let source = d
-                .source
-                .as_ref()
-                .and_then(|s| s.describe())
-                .unwrap_or_default();
-            match phase {
-                "Succeeded" => {}
-                "Failed" => {
-                    return Ok(Imports::Failed(format!(
-                        "disk {}: the import from {source} failed: {}",
-                        d.name,
-                        reason()
-                    )));
-                }
-                // CDI never marks an import that cannot reach its source Failed: its importer
-                // restarts with no progress, for ever.
-                _ if restarts >= IMPORT_RESTARTS && !progress.ends_with('%') => {
-                    return Ok(Imports::Failed(format!(
-                        "disk {}: the import from {source} is not getting anywhere (importer restarted {restarts} times, progress {progress}): {}",
-                        d.name,
-                        reason()
-                    )));
-                }
-                _ => pending.push(format!("disk {}: {phase} {progress}", d.name)),
-            }
-        }
-        Ok(if pending.is_empty() {
-            Imports::Done
-        } else {
-            Imports::Pending(pending.join("; "))
-        })
     }
 
     /// The PVCs the VM's template names (by GET: cheap on any API server).
@@ -553,6 +475,7 @@ impl KubevirtBackend {
         vm: &VmRef,
         plan: &Plan,
         desired: &VmConfig,
+        progress: &dyn StepProgress,
     ) -> Result<(), BackendError> {
         let object = self
             .get(&vm_resource(), &vm.namespace, &vm.name)
@@ -566,6 +489,16 @@ impl KubevirtBackend {
             .unwrap_or(&true);
         for e in edits(&vm.name, &vm.namespace, plan, desired, &object, declarative) {
             self.edit(vm, &e, desired).await?;
+            // A disk with a source goes into the VM once CDI has imported it, its progress
+            // shown meanwhile (KubeVirt would wait too, but silently).
+            if let Edit::CreateDataVolume(dv) = &e
+                && let Some(disk) = desired
+                    .disks
+                    .iter()
+                    .find(|d| dv["metadata"]["name"].as_str() == Some(&pvc_name(&vm.name, &d.name)))
+            {
+                self.await_import(vm, disk, progress).await?;
+            }
         }
         Ok(())
     }
@@ -953,7 +886,7 @@ impl Backend for KubevirtBackend {
             steps: vec![step.clone()],
             restart: None,
         };
-        self.carry_out(vm, &plan, desired).await?;
+        self.carry_out(vm, &plan, desired, progress).await?;
         if let Action::GrowDisk { disk, to, .. } = &step.action {
             self.await_capacity(vm, disk, *to, progress).await?;
         }
@@ -977,10 +910,6 @@ impl Backend for KubevirtBackend {
             action: undo,
             ..step.clone()
         };
-        struct Quiet;
-        impl StepProgress for Quiet {
-            fn progress(&self, _: u64, _: u64, _: &str) {}
-        }
         self.apply_step(vm, &step, &desired, &Quiet)
             .await
             .map(|()| true)
@@ -1005,7 +934,7 @@ impl Backend for KubevirtBackend {
                 next_window: None,
             }),
         };
-        self.carry_out(vm, &plan, desired).await?;
+        self.carry_out(vm, &plan, desired, &Quiet).await?;
         self.await_new_vmi(vm, old).await
     }
 }

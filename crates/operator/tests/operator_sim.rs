@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{BASIC, Cluster, T, fs_total, sockets};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_writes_its_objects_with_strict_field_validation() {
@@ -417,6 +417,9 @@ async fn a_disk_with_a_source_added_later_is_imported_then_hot_plugged() {
     c.create("w", BASIC).await;
     c.converged("w").await;
     let url = "https://images.example/tools.qcow2";
+    c.kubevirt().faults(|f| {
+        f.import_held.insert("w-tools".into());
+    });
     c.patch_spec(
         "w",
         json!({"disks": [{"name": "system", "size": "10Gi"},
@@ -424,6 +427,27 @@ async fn a_disk_with_a_source_added_later_is_imported_then_hot_plugged() {
                          {"name": "tools", "size": "5Gi", "source": {"http": {"url": url}}}]}),
     )
     .await;
+    // Halfway through the import: the attach step shows CDI's progress; the VM does not have
+    // the disk yet.
+    c.until("the import progress on the attach step", T, |c| {
+        attach_step(c, "tools").is_some_and(|s| {
+            s["state"] == "Running"
+                && s["progress"] == 47
+                && s["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("ImportInProgress 47.00%"))
+        })
+    })
+    .await;
+    assert!(
+        !c.vmi("w").unwrap()["spec"]["volumes"]
+            .to_string()
+            .contains("w-tools"),
+        "not hot-plugged before it is imported"
+    );
+    c.kubevirt().faults(|f| {
+        f.import_held.clear();
+    });
     c.converged("w").await;
     // Not a blank PVC: a DataVolume of the source, whose PVC CDI made.
     let dv = c
@@ -442,6 +466,51 @@ async fn a_disk_with_a_source_added_later_is_imported_then_hot_plugged() {
         "{}",
         vmi["spec"]["volumes"]
     );
+
+    // An import that gets nowhere fails the step with CDI's reason; nothing is hot-plugged.
+    c.kubevirt().faults(|f| {
+        f.import_stuck.insert("w-more".into());
+    });
+    c.patch_spec(
+        "w",
+        json!({"disks": [{"name": "system", "size": "10Gi"},
+                         {"name": "data", "size": "20Gi", "filesystem": {"type": "ext4", "mountPath": "/data"}},
+                         {"name": "tools", "size": "5Gi", "source": {"http": {"url": url}}},
+                         {"name": "more", "size": "5Gi", "source": {"http": {"url": "https://nowhere.example/x.qcow2"}}}]}),
+    )
+    .await;
+    c.until("the attach step failed", T, |c| {
+        attach_step(c, "more").is_some_and(|s| s["state"] == "Failed")
+    })
+    .await;
+    let step = attach_step(&c, "more").unwrap();
+    let message = step["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("not getting anywhere")
+            && message.contains("nowhere.example")
+            && message.contains("Unable to connect"),
+        "{step}"
+    );
+    assert!(
+        !c.vmi("w").unwrap()["spec"]["volumes"]
+            .to_string()
+            .contains("w-more")
+    );
+}
+
+/// The step that attaches disk `disk`, of the running operation, else of the last one.
+fn attach_step(c: &Cluster, disk: &str) -> Option<Value> {
+    let w = c.wukong("w")?;
+    ["operation", "lastOperation"]
+        .iter()
+        .filter_map(|o| w["status"][o]["steps"].as_array())
+        .flatten()
+        .find(|s| {
+            s["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("attach") && d.contains(&format!("disk {disk}")))
+        })
+        .cloned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,199 +8,49 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/ops.rs"]
+mod ops;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Daemon;
-use hyper::Method;
-use serde_json::{Value, json};
+use ops::{Guest, OPS, State, env_count, longest_gap, median, ms, timed};
 use wukong_local::client::Client;
-use wukong_local::store::StoredEvent;
 
-const PATH: &str = "/apis/vm.novasphere.dev/v1alpha1/namespaces/default/wukongs";
-
-#[derive(Clone)]
-struct State {
-    cpu: u32,
-    memory: &'static str,
-    data: u64,
-    extra_disk: bool,
-    extra_nic: bool,
-    guest: Guest,
-}
-
-/// The guest the benchmark runs on.
-#[derive(Clone)]
-struct Guest {
-    /// The system disk's spec.
-    system: Value,
-    /// Memory at boot, and grown.
-    memory: (&'static str, &'static str),
-    max_memory: &'static str,
-    /// The heartbeat loop in the guest's shell.
-    heartbeat: &'static str,
-}
-
-impl Guest {
-    fn busybox() -> Guest {
-        Guest {
-            system: json!({"name": "system", "size": "128Mi"}),
-            memory: ("512Mi", "1Gi"),
-            max_memory: "2Gi",
-            heartbeat: "(while :; do read u i < /proc/uptime; echo $u >> /run/heartbeat; usleep 10000; done) </dev/null >/dev/null 2>&1 &",
-        }
-    }
-
-    fn stock(img: &common::StockImage) -> Guest {
-        Guest {
-            system: json!({"name": "system", "size": "2Gi", "boot": true, "source": {"image": img.disk()}}),
-            memory: ("1Gi", "2Gi"),
-            max_memory: "4Gi",
-            heartbeat: "(while :; do read u i < /proc/uptime; echo $u >> /run/heartbeat; sleep 0.01; done) </dev/null >/dev/null 2>&1 &",
-        }
-    }
-}
-
-impl State {
-    fn spec(&self) -> Value {
-        let mut disks = vec![
-            self.guest.system.clone(),
-            json!({"name": "data", "size": format!("{}Mi", self.data), "filesystem": {"type": "ext4", "mountPath": "/data"}}),
-        ];
-        if self.extra_disk {
-            disks.push(json!({"name": "extra", "size": "64Mi"}));
-        }
-        let mut nets = vec![json!({"name": "default", "user": {}})];
-        if self.extra_nic {
-            nets.push(json!({"name": "extra", "user": {}, "mac": "52:54:00:00:be:01"}));
-        }
-        json!({"apiVersion": "vm.novasphere.dev/v1alpha1", "kind": "Wukong", "metadata": {"name": "bench"},
-               "spec": {"cpu": self.cpu, "memory": self.memory, "maxCpu": 8, "maxMemory": self.guest.max_memory,
-                        "restartPolicy": "Automatic", "disks": disks, "networks": nets}})
-    }
-}
-
-/// PATCHes the spec and waits for the operation's end: (elapsed, succeeded).
-async fn timed(client: &Client, body: &Value) -> (Duration, bool) {
-    let t0 = Instant::now();
-    let (_, seq) = client
-        .call(Method::PATCH, &format!("{PATH}/bench"), Some(body))
-        .await
-        .expect("patch");
-    let mut lines = client
-        .stream(&format!("{PATH}/bench/events?watch=true&since={seq}"))
-        .await
-        .expect("watch");
-    while let Some(line) = lines.next().await {
-        if let Ok(e) = serde_json::from_str::<StoredEvent>(&line)
-            && let wukong_engine::Event::Finished { succeeded, .. } = e.event
-        {
-            return (t0.elapsed(), succeeded);
-        }
-    }
-    (t0.elapsed(), false)
-}
-
-type Step = (String, fn(&mut State));
-
-fn steps(g: &Guest) -> Vec<Step> {
-    let (boot, grown) = g.memory;
-    let step = |name: &str, f: fn(&mut State)| (name.to_string(), f);
-    vec![
-        step("CPU add (1 -> 2)", |s| s.cpu = 2),
-        step("CPU remove (2 -> 1)", |s| s.cpu = 1),
-        (format!("memory grow ({boot} -> {grown})"), |s| {
-            s.memory = s.guest.memory.1
-        }),
-        (format!("memory shrink ({grown} -> {boot})"), |s| {
-            s.memory = s.guest.memory.0
-        }),
-        step("disk grow + filesystem (+64Mi)", |s| s.data += 64),
-        step("disk attach (64Mi)", |s| s.extra_disk = true),
-        step("disk detach", |s| s.extra_disk = false),
-        step("NIC add", |s| s.extra_nic = true),
-        step("NIC remove", |s| s.extra_nic = false),
-    ]
-}
-
-/// Creates the VM, optionally starts the heartbeat, then runs every step `reps` times.
+/// Creates the VM, optionally starts the heartbeat, then runs every operation `reps` times.
 async fn run(d: &Daemon, guest: &Guest, reps: usize, heartbeat: bool) -> Vec<Vec<Duration>> {
     let client = Client::new(&d.home.join("api.sock"));
-    let mut state = State {
-        cpu: 1,
-        memory: guest.memory.0,
-        data: 128,
-        extra_disk: false,
-        extra_nic: false,
-        guest: guest.clone(),
-    };
-    client
-        .call(Method::POST, PATH, Some(&state.spec()))
-        .await
-        .expect("create");
-    d.wait_for("bench", "ready", Duration::from_secs(120), |o| {
-        o["status"]["phase"] == "Running"
-            && o["status"]["observedGeneration"] == o["metadata"]["generation"]
-    });
+    let mut state = State::new(guest);
+    ops::create(d, &state, "bench").await;
     if heartbeat {
         d.sh("bench", guest.heartbeat);
     }
-    let mut times = vec![Vec::new(); steps(guest).len()];
+    let mut times = vec![Vec::new(); OPS.len()];
     for _ in 0..reps {
-        for (i, (name, change)) in steps(guest).into_iter().enumerate() {
-            change(&mut state);
-            let (t, ok) = timed(&client, &state.spec()).await;
-            assert!(ok, "{name} failed: {}", d.log());
+        for (i, op) in OPS.into_iter().enumerate() {
+            op.apply(&mut state);
+            let (t, ok) = timed(&client, "bench", &state.spec("bench")).await;
+            assert!(ok, "{} failed: {}", op.name(guest), d.log());
             times[i].push(t);
         }
     }
     times
 }
 
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
 fn main() {
-    let reps: usize = std::env::var("BENCH_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let reps = env_count("BENCH_REPS", 5);
+    let restart_reps = env_count("BENCH_RESTART_REPS", reps.min(3));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let restart_reps: usize = std::env::var("BENCH_RESTART_REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(reps.min(3));
-    let stock = std::env::var("BENCH_GUEST").is_ok_and(|g| g == "stock");
-    let (guest, mut args) = if stock {
-        let img = common::stock_image();
-        (Guest::stock(&img), img.serve_args())
-    } else {
-        (Guest::busybox(), Vec::new())
-    };
+    let (guest, mut args) = Guest::from_env();
+    let stock = guest.stock;
     let live = Daemon::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     args.push("--no-live".into());
     let cold = Daemon::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let live_times = rt.block_on(run(&live, &guest, reps, true));
-    let beats = live.exec("bench", &["cat", "/run/heartbeat"]);
-    let ticks: Vec<f64> = beats
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let gap = ticks
-        .windows(2)
-        .map(|w| ((w[1] - w[0]) * 1000.0).round() as u64)
-        .max()
-        .unwrap_or(0);
+    let (beats, gap) = longest_gap(&live.exec("bench", &["cat", "/run/heartbeat"]));
     let cold_times = rt.block_on(run(&cold, &guest, restart_reps, false));
 
     let mut targets: [Option<u64>; 9] = [
@@ -228,7 +78,8 @@ fn main() {
         "speed-up".into(),
         "target (live)".into(),
     ]];
-    for (i, (name, _)) in steps(&guest).into_iter().enumerate() {
+    for (i, op) in OPS.into_iter().enumerate() {
+        let name = op.name(&guest);
         let (lm, lx) = (median(&live_times[i]), *live_times[i].iter().max().unwrap());
         let (cm, cx) = (median(&cold_times[i]), *cold_times[i].iter().max().unwrap());
         let target = targets[i].map_or("-".to_string(), |t| {
@@ -253,13 +104,13 @@ fn main() {
     }
     println!(
         "\nlive vs restart on this machine, {} guest ({reps} live runs, {restart_reps} restart runs each; apply request -> verified in the guest)\n",
-        if stock { "stock Debian 12" } else { "busybox" }
+        guest.label()
     );
     for r in &rows {
         println!("| {} |", r.join(" | "));
     }
     println!(
         "\nheartbeat (10 ms period) during the live runs: {} beats, longest gap {gap} ms (aim ≤ 100 ms)",
-        ticks.len()
+        beats
     );
 }

@@ -393,3 +393,64 @@ fn memory_beyond_what_the_host_may_commit_is_refused_and_changes_nothing() {
         "a stays stopped"
     );
 }
+
+/// The daemon's `wukong_agent_connections_total`.
+fn agent_connections(d: &Daemon) -> u64 {
+    let text = String::from_utf8_lossy(&d.wk(&["metrics"]).stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("wukong_agent_connections_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no agent connection count in: {text}"))
+}
+
+#[test]
+fn the_agent_connection_is_kept_between_callers_and_a_stop_still_shuts_the_guest_down() {
+    let d = Daemon::start(&[]);
+    d.apply(&doc(
+        "keep",
+        "  cpu: 1\n  maxCpu: 2\n  memory: 512Mi\n  disks:\n  - {name: system, size: 256Mi}\n",
+    ));
+    d.wait_for("keep", "running", Duration::from_secs(120), |o| {
+        o["status"]["phase"] == "Running"
+            && o["status"]["observedGeneration"] == o["metadata"]["generation"]
+    });
+    d.exec("keep", &["true"]);
+    let kept = agent_connections(&d);
+    for i in 0..3 {
+        assert_eq!(
+            d.exec("keep", &["echo", &i.to_string()]).trim(),
+            i.to_string()
+        );
+    }
+    d.apply(&doc(
+        "keep",
+        "  cpu: 2\n  maxCpu: 2\n  memory: 512Mi\n  disks:\n  - {name: system, size: 256Mi}\n",
+    ));
+    assert_eq!(d.online_cpus("keep"), 2);
+    assert_eq!(
+        agent_connections(&d),
+        kept,
+        "guest commands and a live change reuse the kept connection"
+    );
+    // The kept connection is closed for the guest's own shutdown, not forced past it.
+    assert!(d.wk(&["stop", "keep"]).status.success());
+    d.wait_for("keep", "stopped", Duration::from_secs(120), |o| {
+        o["status"]["phase"] == "Stopped"
+    });
+    // The guest's console: its kernel powered off (a QMP quit or a kill would not say so).
+    let console = String::from_utf8_lossy(&d.wk(&["logs", "keep"]).stdout).into_owned();
+    assert!(
+        console.contains("reboot: Power down"),
+        "stopped by the guest: {console}"
+    );
+    assert!(d.wk(&["start", "keep"]).status.success());
+    d.wait_for("keep", "running again", Duration::from_secs(120), |o| {
+        o["status"]["phase"] == "Running"
+    });
+    let boot = d.boot_id("keep");
+    assert!(!boot.is_empty());
+    assert!(
+        agent_connections(&d) > kept,
+        "the new QEMU gets a new connection"
+    );
+}

@@ -314,13 +314,17 @@ impl Daemon {
             && !w.task.is_finished()
         {
             // Only a new generation re-plans a running operation.
-            w.desired.send_if_modified(|d| {
+            let changed = w.desired.send_if_modified(|d| {
                 let changed = d.generation != desired.generation || d.config != desired.config;
                 *d = desired;
                 changed
             });
             w.retry.store(true, std::sync::atomic::Ordering::SeqCst);
-            w.nudge.notify_one();
+            // A new desired state wakes the worker by itself; a nudge on top would leave a
+            // permit behind and make it plan (probe the guest) once more after the operation.
+            if !changed {
+                w.nudge.notify_one();
+            }
             return;
         }
         let (tx, rx) = watch::channel(desired);

@@ -24,6 +24,11 @@ impl Default for Metrics {
             "Guest-agent commands this daemon sent, by command",
             crate::qga::CALLS.clone(),
         );
+        registry.register(
+            "agent_connections",
+            "Guest-agent connections this daemon opened",
+            crate::qga::CONNECTIONS.clone(),
+        );
         Metrics {
             registry,
             autoscaler,

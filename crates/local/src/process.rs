@@ -153,6 +153,18 @@ pub enum StopPath {
     Killed,
 }
 
+impl StopPath {
+    /// In words, for the stop step's note.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopPath::NotRunning => "it was not running",
+            StopPath::GuestShutdown => "the guest shut down when asked",
+            StopPath::Quit => "the guest did not shut down in time: QEMU was told to quit",
+            StopPath::Killed => "QEMU did not quit: it was killed",
+        }
+    }
+}
+
 /// Stops the VM: the guest agent's shutdown (`grace`), then QMP `quit`, then SIGKILL.
 pub async fn stop(dir: &Path, grace: Duration) -> Result<StopPath, BackendError> {
     let Some(pid) = running_pid(dir) else {

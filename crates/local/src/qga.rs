@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -17,6 +18,19 @@ pub use wukong_guest::ExecOutput;
 /// Agent commands this process sent, by command: the daemon's `wukong_agent_calls_total`.
 pub static CALLS: LazyLock<Family<Vec<(String, String)>, Counter>> = LazyLock::new(Family::default);
 
+/// The longest pause between two looks at a guest command's status, `running` after it
+/// started.
+fn exec_poll_cap(running: Duration) -> Duration {
+    if running < Duration::from_secs(1) {
+        Duration::from_millis(10)
+    } else {
+        Duration::from_millis(50)
+    }
+}
+
+/// Agent connections this process opened: the daemon's `wukong_agent_connections_total`.
+pub static CONNECTIONS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
 type Service =
     qapi::futures::QapiService<qapi::futures::QgaStreamTokio<tokio::io::WriteHalf<UnixStream>>>;
 
@@ -24,6 +38,9 @@ type Service =
 pub struct Qga {
     service: Service,
     driver: tokio::task::JoinHandle<()>,
+    /// A command timed out or the connection failed: a late reply may still come, so the
+    /// connection is not used again.
+    spoilt: AtomicBool,
 }
 
 impl Drop for Qga {
@@ -82,9 +99,22 @@ impl Qga {
             .await
             .map_err(|_| timeout_err("connect", timeout))?
             .map_err(|e| BackendError::Unreachable(format!("guest agent: {e}")))?;
+        CONNECTIONS.inc();
         let (service, events) = qapi::futures::QgaStreamTokio::open(stream).into_parts();
         let driver = events.spawn_tokio();
-        Ok(Qga { service, driver })
+        Ok(Qga {
+            service,
+            driver,
+            spoilt: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this connection can serve another caller: nothing went wrong on it, and the
+    /// agent answers a ping within `timeout`.
+    pub async fn reusable(&self, timeout: Duration) -> bool {
+        !self.spoilt.load(Ordering::SeqCst)
+            && !self.driver.is_finished()
+            && self.run(qga::guest_ping {}, timeout).await.is_ok()
     }
 
     /// Runs one command within `timeout`.
@@ -97,14 +127,20 @@ impl Qga {
             .get_or_create(&vec![("command".into(), name.into())])
             .inc();
         match tokio::time::timeout(timeout, self.service.execute(command)).await {
-            Err(_) => Err(timeout_err(name, timeout)),
+            Err(_) => {
+                self.spoilt.store(true, Ordering::SeqCst);
+                Err(timeout_err(name, timeout))
+            }
             Ok(Err(qapi::ExecuteError::Qapi(e))) => Err(BackendError::Failed(format!(
                 "guest agent {name}: {}",
                 e.desc
             ))),
-            Ok(Err(qapi::ExecuteError::Io(e))) => Err(BackendError::Unreachable(format!(
-                "guest agent {name}: {e}"
-            ))),
+            Ok(Err(qapi::ExecuteError::Io(e))) => {
+                self.spoilt.store(true, Ordering::SeqCst);
+                Err(BackendError::Unreachable(format!(
+                    "guest agent {name}: {e}"
+                )))
+            }
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -132,10 +168,12 @@ impl Qga {
                 timeout,
             )
             .await?;
-        // Short commands dominate (probes, onlining): the first look comes after 5 ms; the
-        // pause doubles up to 50 ms, so a long one (mkfs, a slow guest) costs a poll per 50 ms
-        // and an end is seen at most 50 ms late.
-        let mut pause = Duration::from_millis(5);
+        // Short commands dominate (probes, onlining: 15-100 ms in a TCG guest): the first look
+        // comes after 2 ms and the pause doubles up to 10 ms for the first second, so their
+        // end is seen at most 10 ms late; after that it doubles up to 50 ms, so a long one
+        // (mkfs, a slow guest) costs a poll per 50 ms.
+        let begun = Instant::now();
+        let mut pause = Duration::from_millis(2);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let status = self
@@ -165,7 +203,7 @@ impl Qga {
             }
             // Polling the agent for the process's end: the agent has no completion event.
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause = (pause * 2).min(exec_poll_cap(begun.elapsed()));
         }
     }
 

@@ -14,10 +14,7 @@ impl LocalBackend {
         let t = self.options.timeouts.agent;
         // vCPUs that are plugged but offline come back online first; only the rest are
         // hot-added.
-        let plugged = self
-            .with_agent(vm, |q| async move { q.vcpus(t).await })
-            .await?
-            .len() as u32;
+        let plugged = self.with_agent(vm, async |q| q.vcpus(t).await).await?.len() as u32;
         let need = to.saturating_sub(plugged);
         if need > 0 {
             self.hot_add_vcpus(vm, need).await?;
@@ -79,11 +76,7 @@ impl LocalBackend {
         } else {
             method
         };
-        let online = online_vcpus(
-            &self
-                .with_agent(vm, |q| async move { q.vcpus(t).await })
-                .await?,
-        );
+        let online = online_vcpus(&self.with_agent(vm, async |q| q.vcpus(t).await).await?);
         let surplus = online.len().saturating_sub(to as usize);
         if method == CpuRemoval::Unplug {
             // Only hot-added vCPUs can be unplugged; the guest takes each one offline when
@@ -113,11 +106,7 @@ impl LocalBackend {
                 return Ok(());
             }
         }
-        let still = online_vcpus(
-            &self
-                .with_agent(vm, |q| async move { q.vcpus(t).await })
-                .await?,
-        );
+        let still = online_vcpus(&self.with_agent(vm, async |q| q.vcpus(t).await).await?);
         let surplus = still.len().saturating_sub(to as usize);
         let off: Vec<(i64, bool)> = still
             .iter()
@@ -126,7 +115,7 @@ impl LocalBackend {
             .map(|id| (*id, false))
             .collect();
         if !off.is_empty() {
-            self.with_agent(vm, |q| async move { q.set_vcpus(&off, t).await })
+            self.with_agent(vm, async |q| q.set_vcpus(&off, t).await)
                 .await?;
         }
         Ok(())

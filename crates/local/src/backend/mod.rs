@@ -98,9 +98,12 @@ pub struct LocalBackend {
     home: Home,
     store: Arc<Store>,
     options: LocalOptions,
-    /// The guest agent serves one client at a time: one lock per VM.
-    agent_locks: Mutex<HashMap<VmRef, Arc<tokio::sync::Mutex<()>>>>,
+    /// The guest agent serves one client at a time: one slot per VM, locked by its user,
+    /// holding the connection kept between users.
+    agents: Mutex<HashMap<VmRef, AgentSlot>>,
 }
+
+type AgentSlot = Arc<tokio::sync::Mutex<Option<guest::Kept>>>;
 
 fn failed(e: impl std::fmt::Display) -> BackendError {
     BackendError::Failed(e.to_string())
@@ -122,7 +125,7 @@ impl LocalBackend {
             home,
             store,
             options,
-            agent_locks: Mutex::new(HashMap::new()),
+            agents: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,25 +159,23 @@ impl LocalBackend {
             .map_err(Into::into)
     }
 
-    fn agent_lock(&self, vm: &VmRef) -> Arc<tokio::sync::Mutex<()>> {
-        self.agent_locks
+    fn agent_slot(&self, vm: &VmRef) -> AgentSlot {
+        self.agents
             .lock()
-            .expect("agent lock map")
+            .expect("agent slot map")
             .entry(vm.clone())
             .or_default()
             .clone()
     }
 
     /// Runs `f` with the VM's guest agent, one caller at a time.
-    pub async fn with_agent<T, F, Fut>(&self, vm: &VmRef, f: F) -> Result<T, BackendError>
-    where
-        F: FnOnce(Qga) -> Fut,
-        Fut: std::future::Future<Output = Result<T, BackendError>>,
-    {
-        let lock = self.agent_lock(vm);
-        let _guard = lock.lock().await;
-        let qga = Qga::connect(&VmFiles::qga(&self.dir(vm)), self.options.timeouts.agent).await?;
-        f(qga).await
+    pub async fn with_agent<T>(
+        &self,
+        vm: &VmRef,
+        f: impl AsyncFnOnce(&Qga) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let session = self.guest(vm).await?;
+        f(session.qga()).await
     }
 
     async fn qmp(&self, vm: &VmRef) -> Result<Qmp, BackendError> {
@@ -278,8 +279,10 @@ impl LocalBackend {
 
     /// Stops the VM (guest shutdown, QMP quit, kill).
     pub async fn stop(&self, vm: &VmRef) -> Result<process::StopPath, BackendError> {
-        let lock = self.agent_lock(vm);
-        let _guard = lock.lock().await;
+        // The guest's shutdown goes through an agent connection of its own: the kept one is
+        // closed first, and nobody opens another while the VM stops.
+        let mut slot = self.agent_slot(vm).lock_owned().await;
+        *slot = None;
         process::stop(&self.dir(vm), self.options.timeouts.shutdown).await
     }
 
@@ -291,7 +294,7 @@ impl LocalBackend {
         timeout: Duration,
     ) -> Result<crate::qga::ExecOutput, BackendError> {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.with_agent(vm, |q| async move { q.exec(&argv, None, timeout).await })
+        self.with_agent(vm, async |q| q.exec(&argv, None, timeout).await)
             .await
     }
 

@@ -180,7 +180,8 @@ impl Backend for LocalBackend {
                 self.start(vm).await?;
             }
             Action::Stop => {
-                self.stop(vm).await?;
+                let how = self.stop(vm).await?;
+                progress.progress(1, 1, how.describe());
             }
             Action::SetCloudInit { to } => {
                 self.write_seed(vm, to.as_ref().as_ref()).await?;

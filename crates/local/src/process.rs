@@ -98,7 +98,7 @@ pub async fn wait_for_agent(
     dir: &Path,
     pid: Pid,
     timeout: Duration,
-) -> Result<Duration, BackendError> {
+) -> Result<(Duration, Qga), BackendError> {
     let started = Instant::now();
     let deadline = started + timeout;
     loop {
@@ -119,7 +119,7 @@ pub async fn wait_for_agent(
         // unanswered.
         let attempt = left.min(Duration::from_secs(2));
         match Qga::connect(&VmFiles::qga(dir), attempt).await {
-            Ok(_) => return Ok(started.elapsed()),
+            Ok(qga) => return Ok((started.elapsed(), qga)),
             Err(BackendError::Unreachable(_)) => {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }

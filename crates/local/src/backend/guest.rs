@@ -39,6 +39,12 @@ impl GuestSession {
     }
 }
 
+impl Kept {
+    pub(super) fn new(pid: i32, qga: Qga) -> Kept {
+        Kept { pid, qga }
+    }
+}
+
 impl Drop for GuestSession {
     fn drop(&mut self) {
         *self.slot = self.kept.take();

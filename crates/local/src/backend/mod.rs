@@ -199,6 +199,10 @@ impl LocalBackend {
         if process::running_pid(&dir).is_some() {
             return Ok(Duration::ZERO);
         }
+        // The agent serves one client: nobody else connects while the boot waits for it, and
+        // the connection that saw it come up is the one kept.
+        let mut slot = self.agent_slot(vm).lock_owned().await;
+        *slot = None;
         private_dir(&dir).map_err(failed)?;
         crate::paths::check_socket_path(&VmFiles::qmp(&dir)).map_err(BackendError::Failed)?;
         let rec = self.record(vm)?;
@@ -258,7 +262,9 @@ impl LocalBackend {
         })?;
         // Formats and mounts are planned steps of the operation that started it (the engine
         // plans again once the guest runs), not part of the boot.
-        process::wait_for_agent(&dir, pid, self.options.timeouts.boot).await
+        let (took, qga) = process::wait_for_agent(&dir, pid, self.options.timeouts.boot).await?;
+        *slot = Some(guest::Kept::new(pid.as_raw(), qga));
+        Ok(took)
     }
 
     /// Writes (or removes) the VM's cloud-init seed for its next boot.

@@ -14,11 +14,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "shared/proc.rs"]
+mod proc;
 
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 use hyper::Method;
+use proc::{cpu_seconds, proc_status_kib};
 use serde_json::json;
 use wukong_api::autoscaling::{AutoscalingSpec, Policy};
 use wukong_autoscaler::{CpuSample, Current, FsSample, MemorySample, Recommender, Sample};
@@ -155,15 +158,6 @@ fn rss_kib() -> u64 {
     proc_status_kib(std::process::id(), "VmRSS:")
 }
 
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The resident KiB of `pid`'s mappings of exactly `size_kib` (the guest's RAM).
 fn guest_ram_rss_kib(pid: u32, size_kib: u64) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
@@ -281,22 +275,6 @@ async fn reaction(reps: usize) {
         summary(&down_decided),
         summary(&down)
     );
-}
-
-/// The daemon's CPU time (user + system), seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command (which is in parentheses and may hold spaces).
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    let hz: f64 = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0);
-    ticks / hz
 }
 
 /// The daemon's guest-agent calls so far.

@@ -13,12 +13,15 @@ mod common;
 #[allow(dead_code)]
 #[path = "shared/ops.rs"]
 mod ops;
+#[path = "shared/proc.rs"]
+mod proc;
 
 use std::time::{Duration, Instant};
 
 use common::Daemon;
 use hyper::Method;
 use ops::{PATH, env_count, median, ms, timed};
+use proc::{cpu_seconds, proc_status_kib};
 use serde_json::{Value, json};
 use wukong_local::client::Client;
 
@@ -28,24 +31,6 @@ fn spec(name: &str, cpu: u32, memory: &str, data: &str) -> Value {
                     "disks": [{"name": "system", "size": "128Mi"},
                               {"name": "data", "size": data, "filesystem": {"type": "ext4", "mountPath": "/data"}}],
                     "networks": [{"name": "default", "user": {}}]}})
-}
-
-/// utime + stime of a process, in clock ticks (100 per second on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 fn main() {
@@ -76,12 +61,11 @@ fn main() {
         });
     }
     let booted = booted.elapsed();
-    let rss_idle = rss_kib(pid);
+    let rss_idle = proc_status_kib(pid, "VmRSS:");
 
-    let t0 = cpu_ticks(pid);
+    let c0 = cpu_seconds(pid);
     std::thread::sleep(idle);
-    let idle_ticks = cpu_ticks(pid) - t0;
-    let idle_core = idle_ticks as f64 / 100.0 / idle.as_secs_f64();
+    let idle_core = (cpu_seconds(pid) - c0) / idle.as_secs_f64();
 
     let started = Instant::now();
     let results: Vec<(Duration, bool)> = rt.block_on(async {
@@ -93,7 +77,7 @@ fn main() {
         futures_util::future::join_all(runs).await
     });
     let total = started.elapsed();
-    let rss_after = rss_kib(pid);
+    let rss_after = proc_status_kib(pid, "VmRSS:");
     let failed: Vec<&String> = names
         .iter()
         .zip(&results)

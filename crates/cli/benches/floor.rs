@@ -34,6 +34,8 @@ use wukong_local::qmp::{BlockdevAdd, NetdevAdd, Qmp};
 const T: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(10);
 const MIB: u64 = 1 << 20;
+/// Prints the heartbeat so far and starts it afresh.
+const TAKE_HEARTBEAT: [&str; 3] = ["/bin/sh", "-c", "cat /run/heartbeat; : > /run/heartbeat"];
 
 /// The twin, driven straight through its sockets.
 struct Raw {
@@ -49,14 +51,8 @@ struct Raw {
     ports: (String, String),
 }
 
-fn mebibytes(q: &str) -> u64 {
-    let (n, unit) = q.split_at(q.len() - 2);
-    let n: u64 = n.parse().unwrap();
-    match unit {
-        "Mi" => n * MIB,
-        "Gi" => n << 30,
-        _ => panic!("quantity {q}"),
-    }
+fn bytes(q: &str) -> u64 {
+    wukong_api::quantity::parse_bytes(q).unwrap_or_else(|e| panic!("quantity {q}: {e}"))
 }
 
 impl Raw {
@@ -101,7 +97,7 @@ impl Raw {
             qga,
             data_dev,
             base_online: 0,
-            boot_memory: mebibytes(guest.memory.0),
+            boot_memory: bytes(guest.memory.0),
             ports,
         };
         raw.base_online = raw.online_memory().await;
@@ -246,7 +242,7 @@ impl Raw {
                 .await;
                 self.until("one vCPU", || self.online_vcpus(1)).await;
             }
-            Op::MemoryGrow | Op::MemoryShrink => self.resize_memory(mebibytes(state.memory)).await,
+            Op::MemoryGrow | Op::MemoryShrink => self.resize_memory(bytes(state.memory)).await,
             Op::DiskGrow => {
                 let before = self.data_size().await;
                 self.qmp
@@ -356,7 +352,7 @@ impl Raw {
 
     async fn heartbeat(&self, clear: bool) -> String {
         let argv: &[&str] = if clear {
-            &["/bin/sh", "-c", "cat /run/heartbeat; : > /run/heartbeat"]
+            &TAKE_HEARTBEAT
         } else {
             &["cat", "/run/heartbeat"]
         };
@@ -389,7 +385,7 @@ fn main() {
         let raw = Raw::open(&twin_daemon.home.join("vms/default/twin"), &guest).await;
 
         // The idle baseline: both guests with nothing happening, for `idle`.
-        let clear = ["/bin/sh", "-c", "cat /run/heartbeat; : > /run/heartbeat"];
+        let clear = TAKE_HEARTBEAT;
         wukong.exec("bench", &clear);
         raw.heartbeat(true).await;
         tokio::time::sleep(idle).await;

@@ -67,10 +67,10 @@ impl LocalBackend {
             {
                 k
             }
-            _ => Kept {
+            _ => Kept::new(
                 pid,
-                qga: Qga::connect(&VmFiles::qga(&dir), self.options.timeouts.agent).await?,
-            },
+                Qga::connect(&VmFiles::qga(&dir), self.options.timeouts.agent).await?,
+            ),
         };
         Ok(GuestSession {
             kept: Some(kept),

@@ -33,7 +33,7 @@ async fn creates_the_vm_and_disks_formats_the_data_disk_and_reports_ready() {
     assert_eq!(c.condition("w", "Ready").unwrap().0, "True");
     // The blank data disk got its filesystem through the guest agent, mounted at /data.
     assert_eq!(fs_total(&c, "w", "/data"), Some(20 << 30));
-    assert!(c.event_reasons("w").contains(&"Created".to_string()));
+    c.event("w", "Created").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,8 +59,7 @@ async fn cpu_and_memory_grow_live_verified_from_the_vmi_and_counted_in_metrics()
         "{op}"
     );
     assert_eq!(w["status"]["guest"]["cpusOnline"], 3);
-    let reasons = c.event_reasons("w");
-    assert!(reasons.contains(&"StepDone".to_string()), "{reasons:?}");
+    c.event("w", "StepDone").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +180,7 @@ async fn a_restart_only_change_waits_under_never_and_restarts_under_automatic() 
     let vmi = c.vmi("w").unwrap();
     assert_ne!(vmi["metadata"]["uid"], boot, "restarted");
     assert_eq!(vmi["status"]["currentCPUTopology"]["sockets"], 1);
-    assert!(c.event_reasons("w").contains(&"Restarted".to_string()));
+    c.event("w", "Restarted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,10 +199,7 @@ async fn deletion_keeps_disks_unless_the_wukong_asks_otherwise() {
     );
     // One cleanup: the VM's deletion (and the lagging cache) brings more reconciles of the
     // deleted object, and none of them cleans up again.
-    c.until("the Deleted event", T, |c| {
-        c.event_reasons("keep").contains(&"Deleted".to_string())
-    })
-    .await;
+    c.event("keep", "Deleted").await;
     let deleted = |c: &Cluster| {
         c.event_reasons("keep")
             .iter()

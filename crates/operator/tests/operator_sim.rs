@@ -354,7 +354,7 @@ async fn a_cloud_image_is_imported_first_its_progress_shown_then_it_boots() {
     .await;
     assert!(c.vmi("w").is_none(), "KubeVirt waits for its disks");
     assert_eq!(c.wukong("w").unwrap()["status"]["phase"], "Pending");
-    assert!(c.event_reasons("w").contains(&"Importing".to_string()));
+    c.event("w", "Importing").await;
     // What the operator made: a DataVolume template (CDI makes the PVC), cloud-init and EFI.
     let vm = c.vm("w").unwrap();
     assert_eq!(
@@ -407,7 +407,7 @@ async fn an_import_that_gets_nowhere_is_reported_as_failed_with_its_reason() {
         "{message}"
     );
     assert_eq!(c.wukong("w").unwrap()["status"]["phase"], "Failed");
-    assert!(c.event_reasons("w").contains(&"ImportFailed".to_string()));
+    c.event("w", "ImportFailed").await;
     assert!(c.vmi("w").is_none());
 }
 

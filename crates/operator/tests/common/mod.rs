@@ -458,6 +458,15 @@ impl Cluster {
         }
     }
 
+    /// Waits for an Event with `reason` about `name`. The operator publishes its Events after
+    /// the status they go with, so they are waited for, never looked up once.
+    pub async fn event(&self, name: &str, reason: &str) {
+        self.until(&format!("a {reason} event about {name}"), T, |c| {
+            c.event_reasons(name).iter().any(|r| r == reason)
+        })
+        .await;
+    }
+
     fn wukongs_status(&self) -> Value {
         Value::Array(
             self.list("vm.novasphere.dev/v1alpha1", "Wukong", &self.ns)

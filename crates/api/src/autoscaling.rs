@@ -173,6 +173,123 @@ pub struct AutoscalingStatus {
     /// progress, a bound reached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the recommender remembers between evaluations (its windows, cooldowns and fill
+    /// rates), so that a restarted daemon or operator carries on where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<AutoscalingHistory>,
+}
+
+/// Most runs of one recommendation series kept; beyond it the two oldest merge (keeping the
+/// higher value, which only ever holds a scale-down back).
+pub const HISTORY_RUNS: usize = 128;
+/// Most used-bytes readings kept per filesystem for its fill rate.
+pub const HISTORY_POINTS: usize = 32;
+
+/// The recommender's memory. Times are seconds since the Unix epoch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingHistory {
+    /// The counters of the last reading (CPU utilisation and OOM kills are differences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reading: Option<LastReading>,
+    /// The vCPU recommendations of the windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<SeriesHistory>,
+    /// The memory recommendations (bytes) of the windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<SeriesHistory>,
+    /// The last reading showed memory pressure (two in a row act).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory_pressure: bool,
+    /// When each resource was last scaled down (its cooldown runs from there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 18))]
+    pub scaled_down: Vec<TimedValue>,
+    /// Disks already reported at their maxSize (warned once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub at_max_size: Vec<String>,
+    /// Each filesystem's recent used bytes, for its fill rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub used: Vec<UsedHistory>,
+}
+
+/// The counters of a reading that the next one is compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastReading {
+    /// When.
+    pub at: f64,
+    /// vCPUs online, busy and all clock ticks since the guest booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuCounters>,
+    /// OOM kills since the guest booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+}
+
+/// A guest's aggregate CPU counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CpuCounters {
+    /// vCPUs online.
+    pub online: u32,
+    /// Busy ticks.
+    pub busy: u64,
+    /// All ticks.
+    pub total: u64,
+}
+
+/// One resource's recommendations over time, equal neighbours merged into runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesHistory {
+    /// When the series began (a window is covered once it began that long ago).
+    pub since: f64,
+    /// Oldest first.
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub runs: Vec<Run>,
+}
+
+/// The same recommendation from `from` to `to`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Run {
+    /// First reading.
+    pub from: f64,
+    /// Last reading.
+    pub to: f64,
+    /// vCPUs or bytes.
+    pub value: u64,
+}
+
+/// A resource and a time: when it was last scaled down.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TimedValue {
+    /// `cpu`, `memory` or `disk/NAME`.
+    pub resource: String,
+    /// When.
+    pub at: f64,
+}
+
+/// One filesystem's used bytes over the recent readings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsedHistory {
+    /// The disk.
+    pub disk: String,
+    /// (time, used bytes), oldest first.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub points: Vec<Point>,
+}
+
+/// Used bytes at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Point {
+    /// When.
+    pub at: f64,
+    /// Bytes.
+    pub used: u64,
 }
 
 /// Values of the owned fields.

@@ -10,10 +10,13 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use wukong_api::Quantity;
-use wukong_api::autoscaling::{FilesystemMetrics, GuestMetrics, Policy, Target};
+use wukong_api::autoscaling::{
+    AutoscalingHistory, CpuCounters, FilesystemMetrics, GuestMetrics, HISTORY_POINTS, HISTORY_RUNS,
+    LastReading, Point, Policy, Run, SeriesHistory, Target, TimedValue, UsedHistory,
+};
 
 use crate::rules::{self, DiskReading, DiskRule, MemoryReading, PRESSURE_THRESHOLD};
-use crate::sample::Sample;
+use crate::sample::{CpuSample, MemorySample, Sample};
 
 /// What the VM has now, from the effective desired configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -93,36 +96,73 @@ pub struct Evaluation {
     pub busy: bool,
 }
 
-/// A series of recommendations over time.
-#[derive(Clone, Debug, Default)]
+/// A series of recommendations over time, equal neighbours merged into runs.
+#[derive(Clone, Debug, Default, PartialEq)]
 struct Series {
     since: Option<f64>,
-    values: VecDeque<(f64, u64)>,
+    runs: VecDeque<Run>,
 }
 
 impl Series {
     fn push(&mut self, at: f64, v: u64, keep: f64) {
         self.since.get_or_insert(at);
-        self.values.push_back((at, v));
-        while self.values.front().is_some_and(|(t, _)| *t < at - keep) {
-            self.values.pop_front();
+        match self.runs.back_mut() {
+            Some(r) if r.value == v => r.to = r.to.max(at),
+            _ => self.runs.push_back(Run {
+                from: at,
+                to: at,
+                value: v,
+            }),
         }
+        while self.runs.front().is_some_and(|r| r.to < at - keep) {
+            self.runs.pop_front();
+        }
+        // Bounded: the two oldest runs merge, keeping the higher value (a scale-down is only
+        // held back by it).
+        while self.runs.len() > HISTORY_RUNS {
+            let a = self.runs.pop_front().expect("more than one run");
+            let b = self.runs.front_mut().expect("more than one run");
+            b.from = a.from;
+            b.value = b.value.max(a.value);
+        }
+    }
+
+    fn latest(&self) -> Option<u64> {
+        self.runs.back().map(|r| r.value)
     }
 
     fn covers(&self, now: f64, window: f64) -> bool {
         self.since.is_some_and(|s| s <= now - window)
     }
 
+    /// The values of the readings from `now − window` on.
     fn within(&self, now: f64, window: f64) -> impl Iterator<Item = u64> + '_ {
-        self.values
+        self.runs
             .iter()
-            .filter(move |(t, _)| *t >= now - window)
-            .map(|(_, v)| *v)
+            .filter(move |r| r.to >= now - window)
+            .map(|r| r.value)
+    }
+
+    fn history(&self) -> Option<SeriesHistory> {
+        Some(SeriesHistory {
+            since: self.since?,
+            runs: self.runs.iter().copied().collect(),
+        })
+    }
+
+    fn of(h: Option<&SeriesHistory>) -> Series {
+        h.map(|h| Series {
+            since: Some(h.since),
+            runs: h.runs.iter().copied().take(HISTORY_RUNS).collect(),
+        })
+        .unwrap_or_default()
     }
 }
 
-/// One VM's recommender. Keep it for the VM's life; feed it every reading.
-#[derive(Clone, Debug, Default)]
+/// One VM's recommender. Keep it for the VM's life (or its [`history`](Self::history)
+/// across restarts); feed it every reading. Times are seconds on one clock: the backends use
+/// the wall clock, so that a history outlives the process that wrote it.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Recommender {
     prev: Option<Sample>,
     cpu: Series,
@@ -134,6 +174,91 @@ pub struct Recommender {
 }
 
 impl Recommender {
+    /// A recommender that carries on from `history` (written by [`history`](Self::history),
+    /// perhaps by another process).
+    pub fn resume(history: Option<&AutoscalingHistory>) -> Recommender {
+        let Some(h) = history else {
+            return Recommender::default();
+        };
+        Recommender {
+            prev: h.last_reading.map(|l| Sample {
+                at: l.at,
+                cpu: l.cpu.map(|c| CpuSample {
+                    online: c.online,
+                    busy: c.busy,
+                    total: c.total,
+                }),
+                memory: l.oom_kills.map(|n| MemorySample {
+                    oom_kills: Some(n),
+                    ..Default::default()
+                }),
+                filesystems: Default::default(),
+            }),
+            cpu: Series::of(h.cpu.as_ref()),
+            memory: Series::of(h.memory.as_ref()),
+            pressure: h.memory_pressure,
+            used: h
+                .used
+                .iter()
+                .map(|u| {
+                    let points = u.points.iter().map(|p| (p.at, p.used)).collect();
+                    (u.disk.clone(), points)
+                })
+                .collect(),
+            last_down: h
+                .scaled_down
+                .iter()
+                .map(|t| (t.resource.clone(), t.at))
+                .collect(),
+            at_max: h.at_max_size.iter().cloned().collect(),
+        }
+    }
+
+    /// What this recommender remembers, to be stored with the VM's status (within the
+    /// status schema's bounds).
+    pub fn history(&self) -> AutoscalingHistory {
+        AutoscalingHistory {
+            last_reading: self.prev.as_ref().map(|p| LastReading {
+                at: p.at,
+                cpu: p.cpu.map(|c| CpuCounters {
+                    online: c.online,
+                    busy: c.busy,
+                    total: c.total,
+                }),
+                oom_kills: p.memory.and_then(|m| m.oom_kills),
+            }),
+            cpu: self.cpu.history(),
+            memory: self.memory.history(),
+            memory_pressure: self.pressure,
+            scaled_down: self
+                .last_down
+                .iter()
+                .map(|(resource, at)| TimedValue {
+                    resource: resource.clone(),
+                    at: *at,
+                })
+                .take(18)
+                .collect(),
+            at_max_size: self.at_max.iter().take(16).cloned().collect(),
+            used: self
+                .used
+                .iter()
+                .take(16)
+                .map(|(disk, h)| UsedHistory {
+                    disk: disk.clone(),
+                    points: h
+                        .iter()
+                        .skip(h.len().saturating_sub(HISTORY_POINTS))
+                        .map(|(at, used)| Point {
+                            at: *at,
+                            used: *used,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// Evaluates one reading (`Err`: why there is none). `busy` says why the VM is not in a
     /// state to judge (a change under way): the reading then only becomes the base of the
     /// next one.
@@ -368,7 +493,7 @@ impl Recommender {
         };
         let (up_w, down_w) = (f64::from(policy.up_window), f64::from(policy.down_window));
         let up = if policy.up_window == 0 {
-            series.values.back().map_or(current, |(_, v)| *v)
+            series.latest().unwrap_or(current)
         } else if series.covers(now, up_w) {
             series.within(now, up_w).min().unwrap_or(current)
         } else {
@@ -382,7 +507,7 @@ impl Recommender {
         } else {
             current
         };
-        let wants_down = series.values.back().is_some_and(|(_, v)| *v < current);
+        let wants_down = series.latest().is_some_and(|v| v < current);
         if down >= current {
             if wants_down {
                 ev.reasons.push(format!(
@@ -427,7 +552,8 @@ impl Recommender {
         for (disk, fs) in &sample.filesystems {
             let h = self.used.entry(disk.clone()).or_default();
             h.push_back((sample.at, fs.used));
-            while h.front().is_some_and(|(t, _)| *t < sample.at - span) {
+            while h.front().is_some_and(|(t, _)| *t < sample.at - span) || h.len() > HISTORY_POINTS
+            {
                 h.pop_front();
             }
             if let (Some((t0, u0)), Some((t1, u1))) = (h.front(), h.back())

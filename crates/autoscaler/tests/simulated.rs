@@ -393,6 +393,47 @@ proptest! {
             }
         }
     }
+
+    /// A recommender that stops after any reading and carries on from its history, as
+    /// stored in status (JSON), decides exactly as one that never stopped.
+    #[test]
+    fn a_recommender_resumed_from_its_stored_history_decides_as_one_that_never_stopped(
+        loads in proptest::collection::vec((0.0f64..6.0, 0u64..1500, 0u64..400, 0u64..2), 2..50),
+        stop in 0usize..50,
+        down in 0u32..200,
+        cooldown in 0u32..200,
+    ) {
+        let p = policy(serde_json::json!({
+            "cpu": {"min": 1, "max": 6},
+            "memory": {"min": "256Mi", "max": "2Gi"},
+            "disks": [{"name": "data", "maxSize": "512Mi", "minStep": "64Mi"}],
+            "stabilizationSeconds": down, "cooldownSeconds": cooldown
+        }));
+        let (mut a, mut b) = (Guest::new(2, 512 * MI), Guest::new(2, 512 * MI));
+        let (mut ra, mut rb) = (Recommender::default(), Recommender::default());
+        let stop = stop % loads.len();
+        for (i, (load, used, fs, kills)) in loads.into_iter().enumerate() {
+            for g in [&mut a, &mut b] {
+                g.load = load;
+                g.used = used * MI;
+                g.oom_kills += kills;
+                g.fs_used = (fs * MI).min(g.current.disks["data"] - 4 * MI);
+                g.run(15.0);
+            }
+            let (ea, eb) = (a.step(&mut ra, &p), b.step(&mut rb, &p));
+            prop_assert_eq!(&ea, &eb, "reading {}", i);
+            if i == stop {
+                let mut status = wukong_api::autoscaling::AutoscalingStatus {
+                    history: Some(rb.history()),
+                    ..Default::default()
+                };
+                let json = serde_json::to_string(&status).unwrap();
+                status = serde_json::from_str(&json).unwrap();
+                rb = Recommender::resume(status.history.as_ref());
+                prop_assert_eq!(&rb.history(), &ra.history());
+            }
+        }
+    }
 }
 
 #[test]

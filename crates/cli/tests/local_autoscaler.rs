@@ -48,7 +48,7 @@ fn unload(d: &Daemon, vm: &str) {
 
 #[test]
 fn cpu_load_scales_vcpus_up_then_down_after_the_window_and_recommend_changes_nothing() {
-    let d = Daemon::start(&[]);
+    let mut d = Daemon::start(&[]);
     d.apply(&doc(
         "as-cpu",
         "  cpu: 1\n  memory: 512Mi\n  maxCpu: 2\n  disks:\n  - {name: system, size: 256Mi}\n  autoscaling:\n    mode: Recommend\n    cpu: {min: 1, max: 2, targetUtilization: 60}\n    intervalSeconds: 5\n    stabilizationSeconds: 20\n    cooldownSeconds: 0\n",
@@ -114,12 +114,32 @@ fn cpu_load_scales_vcpus_up_then_down_after_the_window_and_recommend_changes_not
         assert!(metrics.contains(line), "{line} not in /metrics:\n{metrics}");
     }
 
-    // Load stopped: no scale-down before the down-window, then back to 1.
+    // Load stopped: no scale-down before the down-window, then back to 1 — across a daemon
+    // killed inside the window: the restarted one carries on from the history in status.
     let stopped = jiff::Timestamp::now();
     unload(&d, "as-cpu");
+    let o = d.wait_for(
+        "as-cpu",
+        "a scale-down held back by the window",
+        LONG,
+        |o| {
+            autoscaling(o)["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("held back by the 20 s down-window"))
+        },
+    );
+    let series = autoscaling(&o)["history"]["cpu"]["since"].clone();
+    assert!(series.is_f64(), "{}", autoscaling(&o));
+    d.kill();
+    d.spawn();
     let o = d.wait_for("as-cpu", "the scale-down decision", LONG, |o| {
         autoscaling(o)["lastChange"]["to"] == "1"
     });
+    assert_eq!(
+        autoscaling(&o)["history"]["cpu"]["since"],
+        series,
+        "the restarted daemon went on with the same window"
+    );
     let down = time_of(&autoscaling(&o)["lastChange"]["time"]);
     let after = down.duration_since(stopped).as_secs_f64();
     // The last busy reading may be one interval (5 s) after the stop: 20 s − 5 s at least.
@@ -255,7 +275,7 @@ fn memory_is_added_before_the_guest_runs_out_and_given_back_after_the_window() {
 }
 
 #[test]
-fn the_stock_guest_gets_vcpus_and_a_grown_root_filesystem_from_its_own_metrics() {
+fn the_stock_guest_gets_vcpus_memory_and_a_grown_root_filesystem_from_its_own_metrics() {
     let img = stock_image();
     let args = img.serve_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -263,7 +283,7 @@ fn the_stock_guest_gets_vcpus_and_a_grown_root_filesystem_from_its_own_metrics()
     d.apply(&doc(
         "as-deb",
         &format!(
-            "  cpu: 1\n  memory: 1Gi\n  maxCpu: 2\n  maxMemory: 2Gi\n  disks:\n  - {{name: system, size: 2Gi, boot: true, source: {{image: {}}}}}\n  autoscaling:\n    cpu: {{min: 1, max: 2, targetUtilization: 60}}\n    disks:\n    - {{name: system, maxSize: 3Gi, growAtUsage: 90, stepPercent: 10, minStep: 256Mi}}\n    intervalSeconds: 5\n",
+            "  cpu: 1\n  memory: 1Gi\n  maxCpu: 2\n  maxMemory: 2Gi\n  disks:\n  - {{name: system, size: 2Gi, boot: true, source: {{image: {}}}}}\n  autoscaling:\n    cpu: {{min: 1, max: 2, targetUtilization: 60}}\n    memory: {{min: 1Gi, max: 2Gi, targetUtilization: 60}}\n    disks:\n    - {{name: system, maxSize: 3Gi, growAtUsage: 90, stepPercent: 10, minStep: 256Mi}}\n    intervalSeconds: 5\n    stabilizationSeconds: 20\n    cooldownSeconds: 0\n",
             img.disk()
         ),
     ));
@@ -292,10 +312,26 @@ fn the_stock_guest_gets_vcpus_and_a_grown_root_filesystem_from_its_own_metrics()
     let fill = (root * 92 / 100).saturating_sub(used) / MIB + 1;
     d.exec("as-deb", &["fallocate", "-l", &format!("{fill}M"), "/fill"]);
     load(&d, "as-deb", 2);
-    d.wait_for("as-deb", "2 vCPUs and the grown disk", LONG, |o| {
-        o["status"]["guest"]["cpusOnline"] == 2
-            && autoscaling(o)["target"]["disks"]["system"] == "2304Mi"
-            && o["status"]["operation"].is_null()
+    // Memory the kernel cannot reclaim (no swap): 600 MiB in a tmpfs, ~70 % of 1 GiB in use.
+    let before = d.mem_total_kib("as-deb");
+    d.sh(
+        "as-deb",
+        "mkdir -p /mnt/hog && mount -t tmpfs -o size=900m hog /mnt/hog && dd if=/dev/zero of=/mnt/hog/a bs=1M count=600 2>/dev/null",
+    );
+    d.wait_for(
+        "as-deb",
+        "2 vCPUs, more memory and the grown disk",
+        LONG,
+        |o| {
+            o["status"]["guest"]["cpusOnline"] == 2
+                && autoscaling(o)["target"]["disks"]["system"] == "2304Mi"
+                && autoscaling(o)["target"]["memory"].is_string()
+                && o["status"]["operation"].is_null()
+        },
+    );
+    // The stock guest onlines no hot-added memory by itself: the agent did.
+    d.wait_for("as-deb", "the memory in the guest", LONG, |_| {
+        d.mem_total_kib("as-deb") > before + 100 * 1024
     });
     d.wait_for("as-deb", "/ grown in the guest", LONG, |_| {
         fs_bytes(&d, "as-deb", "/") > root + 200 * MIB
@@ -308,6 +344,26 @@ fn the_stock_guest_gets_vcpus_and_a_grown_root_filesystem_from_its_own_metrics()
             .any(|l| l.contains("autoscaler: disk/system 2Gi -> 2304Mi")),
         "{ev:#?}"
     );
+    assert!(
+        ev.iter().any(|l| l.contains("autoscaler: memory 1Gi -> ")),
+        "{ev:#?}"
+    );
+    assert_eq!(
+        d.sh("as-deb", "dmesg | grep -c 'Out of memory' || true")
+            .trim(),
+        "0",
+        "no OOM kill"
+    );
+    // Freed: the memory is given back after the down-window (the hot-added blocks offlined
+    // and unplugged), never below the boot size.
+    d.sh("as-deb", "rm /mnt/hog/a");
     unload(&d, "as-deb");
+    d.wait_for("as-deb", "memory given back", LONG, |o| {
+        autoscaling(o)["target"]["memory"] == "1Gi"
+    });
+    // Back to the boot size in the guest (what the kernel counts may differ by a few pages).
+    d.wait_for("as-deb", "the shrink in the guest", LONG, |_| {
+        d.mem_total_kib("as-deb").abs_diff(before) < 32 * 1024
+    });
     assert_eq!(d.boot_id("as-deb"), boot, "live");
 }

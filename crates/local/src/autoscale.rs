@@ -5,7 +5,7 @@
 //! user's change.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wukong_api::autoscaling::{AutoscalingStatus, DEFAULT_INTERVAL, Policy};
 use wukong_autoscaler::status::{self, LIMITED};
@@ -17,24 +17,33 @@ use crate::daemon::{Daemon, desired_config};
 use crate::store::StoreError;
 
 /// Runs the autoscaler of `vm` until its record is gone.
+/// A restarted daemon carries on from the history stored with the VM's status.
 pub async fn run(daemon: Arc<Daemon>, vm: VmRef) {
-    let clock = Instant::now();
-    let mut recommender = Recommender::default();
+    let mut recommender = None;
     loop {
         let Ok(Some(rec)) = daemon.backend.store().get(&vm) else {
             return;
         };
         let Some(spec) = rec.object.spec.autoscaling.clone() else {
             // Nothing owned: forget the history and the figures, look again later.
-            recommender = Recommender::default();
+            recommender = Some(Recommender::default());
             daemon.metrics.autoscaler.forget(&vm.namespace, &vm.name);
             tokio::time::sleep(Duration::from_secs(DEFAULT_INTERVAL.into())).await;
             continue;
         };
+        let recommender = recommender.get_or_insert_with(|| {
+            let status = rec.object.status.as_ref();
+            Recommender::resume(status.and_then(|s| s.autoscaling.as_ref()?.history.as_ref()))
+        });
         let policy = Policy::of(&spec);
-        evaluate(&daemon, &vm, &policy, &mut recommender, clock).await;
+        evaluate(&daemon, &vm, &policy, recommender).await;
         tokio::time::sleep(Duration::from_secs(policy.interval.into())).await;
     }
+}
+
+/// Now, in seconds since the Unix epoch: the recommender's clock, which outlives the daemon.
+fn wall_clock() -> f64 {
+    jiff::Timestamp::now().as_millisecond() as f64 / 1000.0
 }
 
 /// One evaluation.
@@ -43,12 +52,11 @@ async fn evaluate(
     vm: &VmRef,
     policy: &Policy,
     recommender: &mut Recommender,
-    clock: Instant,
 ) {
     let reading = if daemon.backend.is_running(vm) {
         daemon
             .backend
-            .metrics(vm, clock.elapsed().as_secs_f64())
+            .metrics(vm, wall_clock())
             .await
             .map_err(|e| e.to_string())
     } else {
@@ -74,12 +82,19 @@ async fn evaluate(
         .and_then(|s| s.operation.as_ref())
         .map(|o| format!("operation {} is under way", o.id));
     let ev = recommender.evaluate(policy, &current, reading, busy.as_deref());
-    let now = jiff::Timestamp::now().to_string();
+    let (at, now) = (wall_clock(), jiff::Timestamp::now().to_string());
     let mut changed = false;
+    // What the recommender will remember if the change is written (stored with it).
+    let mut next = recommender.clone();
     let updated = daemon.backend.store().update::<StoreError>(vm, None, |r| {
         let s = r.object.status.get_or_insert_with(Default::default);
         let a = s.autoscaling.get_or_insert_with(AutoscalingStatus::default);
         changed = status::record(a, policy, &ev, &now);
+        next = recommender.clone();
+        if changed {
+            next.applied(&ev.changes, at);
+        }
+        a.history = Some(next.history());
         let generation = r.object.metadata.generation;
         let has = s.conditions.iter().any(|c| c.type_ == LIMITED);
         if let Some((on, reason, msg)) = status::limited(&ev, has) {
@@ -95,11 +110,11 @@ async fn evaluate(
         .autoscaler
         .observe(&vm.namespace, &vm.name, policy, &ev, changed);
     let Ok(rec) = updated else { return };
+    *recommender = next;
     if changed {
         for c in &ev.changes {
             daemon.notice(vm, status::describe(c), false);
         }
-        recommender.applied(&ev.changes, clock.elapsed().as_secs_f64());
         daemon.ensure_worker(&rec);
     }
 }

@@ -21,7 +21,6 @@ use crate::metrics::Metrics;
 
 /// Each autoscaled VM's recommender and when it was last evaluated.
 pub struct Autoscalers {
-    clock: Instant,
     vms: Mutex<HashMap<VmRef, (Recommender, Option<Instant>)>>,
     metrics: Arc<Metrics>,
 }
@@ -36,7 +35,6 @@ impl Autoscalers {
     /// No VM yet; each evaluation exported through `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Autoscalers {
         Autoscalers {
-            clock: Instant::now(),
             vms: Mutex::new(HashMap::new()),
             metrics,
         }
@@ -67,12 +65,17 @@ impl Autoscalers {
         };
         let policy = Policy::of(spec);
         let interval = Duration::from_secs(policy.interval.into());
+        // A VM this operator has not evaluated yet carries on from the history in its status
+        // (written by this operator before a restart, or by another replica).
         let (mut rec, last) = self
             .vms
             .lock()
             .expect("autoscalers")
             .remove(vm)
-            .unwrap_or_default();
+            .unwrap_or_else(|| {
+                let history = status.autoscaling.as_ref().and_then(|a| a.history.as_ref());
+                (Recommender::resume(history), None)
+            });
         // A reconcile brought by something else is not an evaluation (half a second's slack
         // for a requeue that comes a little early).
         if let Some(at) = last.filter(|at| at.elapsed() + Duration::from_millis(500) < interval) {
@@ -83,7 +86,7 @@ impl Autoscalers {
                 .insert(vm.clone(), (rec, last));
             return Some(Next { after });
         }
-        let at = self.clock.elapsed().as_secs_f64();
+        let at = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
         let reading = if running {
             backend.metrics(vm, at).await.map_err(|e| e.to_string())
         } else {
@@ -97,14 +100,14 @@ impl Autoscalers {
         let current = Current::of(config, boot_memory);
         let ev = rec.evaluate(&policy, &current, reading, None);
         let now = jiff::Timestamp::now().to_string();
-        let changed = status::record(
-            status
-                .autoscaling
-                .get_or_insert_with(AutoscalingStatus::default),
-            &policy,
-            &ev,
-            &now,
-        );
+        let autoscaling = status
+            .autoscaling
+            .get_or_insert_with(AutoscalingStatus::default);
+        let changed = status::record(autoscaling, &policy, &ev, &now);
+        if changed {
+            rec.applied(&ev.changes, at);
+        }
+        autoscaling.history = Some(rec.history());
         let has = status.conditions.iter().any(|c| c.type_ == LIMITED);
         if let Some((on, reason, msg)) = status::limited(&ev, has) {
             set_condition(&mut status.conditions, LIMITED, on, reason, &msg, None);
@@ -134,7 +137,6 @@ impl Autoscalers {
                 &note.join("; "),
             )
             .await;
-            rec.applied(&ev.changes, at);
         }
         self.vms
             .lock()

@@ -515,7 +515,7 @@ fn attach_step(c: &Cluster, disk: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscaler_raises_sockets_from_cpu_load_and_grows_a_filling_disk() {
-    let c = Cluster::start().await;
+    let mut c = Cluster::start().await;
     c.create(
         "w",
         "  cpu: 1\n  memory: 2Gi\n  maxCpu: 4\n  maxMemory: 4Gi\n  disks:\n  - {name: system, size: 10Gi}\n  - {name: data, size: 20Gi, filesystem: {type: ext4, mountPath: /data}}\n  autoscaling:\n    cpu: {min: 1, max: 2, targetUtilization: 60}\n    disks:\n    - {name: data, maxSize: 40Gi, growAtUsage: 80, minStep: 1Gi}\n    intervalSeconds: 5\n",
@@ -574,6 +574,23 @@ async fn the_autoscaler_raises_sockets_from_cpu_load_and_grows_a_filling_disk() 
     ] {
         assert!(text.contains(&line), "{line} not in /metrics:\n{text}");
     }
+    // A crashed operator's successor carries on from the history in status: the same
+    // windows, the same cooldowns.
+    let a = c.wukong("w").unwrap()["status"]["autoscaling"].clone();
+    assert!(a["history"]["cpu"]["since"].is_f64(), "{a}");
+    c.kill_operator().await;
+    c.start_operator();
+    c.until("an evaluation by the new operator", T, |c| {
+        c.wukong("w")
+            .is_some_and(|w| w["status"]["autoscaling"]["lastEvaluation"] != a["lastEvaluation"])
+    })
+    .await;
+    let b = c.wukong("w").unwrap()["status"]["autoscaling"].clone();
+    assert_eq!(
+        b["history"]["cpu"]["since"], a["history"]["cpu"]["since"],
+        "{b}"
+    );
+    assert_eq!(b["target"], a["target"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -418,3 +418,80 @@ fn a_daemon_killed_at_any_step_point_ends_where_the_spec_says_with_nothing_lost(
         points.len()
     );
 }
+
+/// Mid-step points of each kind of hot-plug where QEMU itself dies.
+const QEMU_POINTS: &[(Change, &str)] = &[
+    (Change::CpuUp, "cpu.plugged"),
+    (Change::MemoryUp, "memory.requested"),
+    (Change::DiskGrow, "disk.resized"),
+    (Change::Attach, "disk.device-added"),
+    (Change::NicAdd, "nic.netdev-added"),
+];
+
+#[test]
+fn qemu_killed_in_the_middle_of_a_step_ends_where_the_spec_says_with_nothing_lost() {
+    let mut d = Daemon::start(&[]);
+    let mut state = State {
+        cpu: 1,
+        memory_mib: 512,
+        max_cpu: 3,
+        data_mib: 256,
+        extra: None,
+        nic: false,
+        attaches: 0,
+    };
+    converge_to(&d, &state);
+    d.sh(
+        VM,
+        "dd if=/dev/urandom of=/data/canary bs=1M count=8 2>/dev/null; sync",
+    );
+    let canary = d.exec(VM, &["md5sum", "/data/canary"]);
+    let (mut converged, mut rolled_back) = (0, 0);
+    for (change, point) in QEMU_POINTS {
+        let ready = change.prepare(&state);
+        converge_to(&d, &ready);
+        let target = change.apply(&ready);
+        let pid = d.qemu_pid(VM);
+        d.failpoint = Some(format!("qemu:{point}"));
+        d.kill();
+        d.spawn();
+        let out = d.wk_in(&["apply", "--no-wait", "-f", "-"], &target.yaml());
+        assert!(
+            out.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let killed = format!("failpoint qemu:{point} reached: killed QEMU");
+        d.wait_for(
+            VM,
+            "QEMU killed at the failpoint",
+            Duration::from_secs(180),
+            |_| d.log().contains(&killed),
+        );
+        // The VM came back in a new QEMU (runStrategy Always) and settled.
+        let (ok, message) = settled(&d);
+        assert_ne!(d.qemu_pid(VM), pid, "{point}: a new QEMU");
+        if ok {
+            converged += 1;
+        } else {
+            assert!(!message.is_empty(), "{point}: a failure says why");
+            rolled_back += 1;
+            converge_to(&d, &target);
+        }
+        check(&d, &target, &canary, point);
+        println!(
+            "QEMU killed at {point:<20} {change:<9?} {}",
+            if ok {
+                "converged".to_string()
+            } else {
+                format!("failed ({message}), then converged")
+            }
+        );
+        d.failpoint = None;
+        state = target;
+    }
+    println!(
+        "QEMU killed at {} points: converged {converged}, failed then converged on the next apply {rolled_back}, lost 0",
+        QEMU_POINTS.len()
+    );
+}

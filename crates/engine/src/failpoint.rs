@@ -4,7 +4,9 @@
 //! does nothing, and a daemon asked for one refuses to start (`check`).
 //!
 //! `WUKONG_FAILPOINT=NAME` arms one: the process kills itself (SIGKILL) the first time it
-//! reaches NAME, after a line on stderr saying so. The names are `step.PHASE.ACTION` for the
+//! reaches NAME, after a line on stderr saying so. `WUKONG_FAILPOINT=qemu:NAME` kills the
+//! daemon's QEMUs instead (every `qemu-system` process whose command line holds
+//! `WUKONG_HOME`), the first time NAME is reached, and the daemon carries on. The names are `step.PHASE.ACTION` for the
 //! engine's step boundaries (PHASE `started`, `applied` or `done`; ACTION the step's `action`
 //! as the API spells it, e.g. `addVcpus`), `restart.started` and `restart.done`, and
 //! `RESOURCE.WHAT` inside a backend's step (e.g. `memory.requested`).
@@ -31,8 +33,13 @@ pub fn check() -> Result<(), String> {
 #[inline]
 pub fn hit(name: &str) {
     #[cfg(feature = "failpoints")]
-    if std::env::var(ENV).is_ok_and(|armed| armed == name) {
-        die(name);
+    if let Ok(armed) = std::env::var(ENV) {
+        if armed == name {
+            die(name);
+        }
+        if armed.strip_prefix("qemu:") == Some(name) {
+            kill_qemus(name);
+        }
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = name;
@@ -49,6 +56,39 @@ pub fn hit_step(phase: &str, step: &Step) {
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = (phase, step);
+}
+
+/// SIGKILLs this daemon's QEMUs, once per process.
+#[cfg(feature = "failpoints")]
+fn kill_qemus(name: &str) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if FIRED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let home = std::env::var("WUKONG_HOME").unwrap_or_default();
+    let mut killed = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !home.is_empty() && cmdline.contains("qemu-system") && cmdline.contains(&home) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+                killed.push(pid.to_string());
+            }
+        }
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "failpoint qemu:{name} reached: killed QEMU {}",
+        killed.join(", ")
+    );
 }
 
 #[cfg(feature = "failpoints")]

@@ -375,6 +375,13 @@ pub enum DiskBus {
 /// A filesystem Wukong creates on a blank disk and mounts in the guest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!self.mountPath.matches('(^|/)[.][.]?(/|$)')",
+     "message": "mountPath must not have a '.' or '..' component", "fieldPath": ".mountPath"},
+    {"rule": "!self.mountPath.matches('^/+(proc|sys|dev)(/|$)')",
+     "message": "mountPath must not be at or under /proc, /sys or /dev, which the guest's kernel owns",
+     "fieldPath": ".mountPath"}
+]))]
 pub struct FilesystemSpec {
     /// Filesystem type.
     #[serde(rename = "type")]

@@ -125,11 +125,9 @@ pub fn check_mount_path(path: &str) -> Result<(), String> {
     if path.split('/').any(|c| c == "." || c == "..") {
         return Err(format!("'{path}' has a '.' or '..' component"));
     }
-    let clean = path.trim_end_matches('/');
-    if let Some(p) = PSEUDO_FILESYSTEMS
-        .iter()
-        .find(|p| clean == **p || clean.starts_with(&format!("{p}/")))
-    {
+    // The first component, however many slashes come before or after it (`//proc/` is /proc).
+    let first = path.split('/').find(|c| !c.is_empty()).unwrap_or_default();
+    if let Some(p) = PSEUDO_FILESYSTEMS.iter().find(|p| p[1..] == *first) {
         return Err(format!(
             "'{path}' is under {p}, which the guest's kernel owns"
         ));

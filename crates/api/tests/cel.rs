@@ -201,3 +201,21 @@ fn boot_sources_and_cloud_init_agree_with_the_rust_rules() {
         ]
     );
 }
+
+/// Mount paths, good and bad, that every judge of them must agree on (one per line).
+pub const MOUNT_PATHS: &str = include_str!("mount-paths.txt");
+
+#[test]
+fn mount_paths_are_judged_by_the_crd_as_by_validation() {
+    for path in MOUNT_PATHS.lines() {
+        let mut spec = full();
+        spec["disks"][1]["filesystem"]["mountPath"] = json!(path);
+        let cel = messages(object(spec), None);
+        let rust = wukong_api::validate::check_mount_path(path);
+        assert_eq!(
+            cel.is_empty(),
+            rust.is_ok(),
+            "{path}: CEL {cel:?}, Rust {rust:?}"
+        );
+    }
+}

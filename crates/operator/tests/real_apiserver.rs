@@ -53,6 +53,7 @@ async fn the_install_is_accepted_and_rbac_allows_what_the_operator_uses() {
         .await
         .expect("deploy/crd.yaml is accepted");
     names_are_judged_by_the_server_as_by_the_cli(&client).await;
+    mount_paths_are_judged_by_the_server_as_by_the_cli(&client).await;
 
     let mut tenant = common::deploy("namespace.yaml").remove(0);
     tenant["metadata"]["name"] = "tenant".into();
@@ -184,6 +185,32 @@ async fn names_are_judged_by_the_server_as_by_the_cli(client: &Client) {
                 e.message
             ),
             other => panic!("{bad} must be refused by the server, got {other:?}"),
+        }
+    }
+}
+
+/// The CRD's mount path rules, run by the real server, refuse what `wukong validate` refuses.
+async fn mount_paths_are_judged_by_the_server_as_by_the_cli(client: &Client) {
+    let paths = include_str!("../../api/tests/mount-paths.txt");
+    for (i, path) in paths.lines().enumerate() {
+        let object = serde_json::json!({
+            "apiVersion": "vm.novasphere.dev/v1alpha1", "kind": "Wukong",
+            "metadata": {"name": format!("mount-{i}"), "namespace": "default"},
+            "spec": {"cpu": 1, "memory": "1Gi", "disks": [
+                {"name": "system", "size": "10Gi"},
+                {"name": "data", "size": "1Gi", "filesystem": {"type": "ext4", "mountPath": path}}
+            ]},
+        });
+        let cli = wukong_api::validate::check_mount_path(path);
+        match (create(client, &object).await, &cli) {
+            (Ok(()), Ok(())) => {}
+            (Err(kube::Error::Api(e)), Err(_)) => assert!(
+                e.code == 422 && e.message.contains("mountPath"),
+                "{path}: {} {}",
+                e.code,
+                e.message
+            ),
+            (server, cli) => panic!("{path}: the server says {server:?}, the CLI {cli:?}"),
         }
     }
 }

@@ -118,3 +118,48 @@ pub fn names(data: &[u8]) {
         assert!(!t.contains('\0'), "accepted {t:?}");
     }
 }
+
+/// What a guest agent says (a guest is not trusted): after a proper resync, `data` is all it
+/// answers, then it hangs up. Every call ends in an error or a value decoded from a reply,
+/// never a panic or a hang, and a connection that saw a fault is not offered again.
+pub fn agent_reply(data: &[u8]) {
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const CALL: Duration = Duration::from_secs(5);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("socketpair");
+        let data = data.to_vec();
+        let agent = tokio::spawn(async move {
+            let (read, mut write) = theirs.into_split();
+            let mut lines = BufReader::new(read).split(b'\n');
+            let Ok(Some(sync)) = lines.next_segment().await else {
+                return;
+            };
+            let sync: Vec<u8> = sync.into_iter().filter(|b| *b != 0xFF).collect();
+            let request: serde_json::Value = serde_json::from_slice(&sync).unwrap_or_default();
+            let id = &request["arguments"]["id"];
+            let mut reply = vec![0xFF];
+            reply.extend(format!("{{\"return\": {id}}}\n").bytes());
+            reply.extend(data);
+            let _ = write.write_all(&reply).await;
+            let _ = write.shutdown().await;
+            // Keep reading what the client sends until it hangs up.
+            while let Ok(Some(_)) = lines.next_segment().await {}
+        });
+        let qga = wukong_local::qga::Qga::on(ours, CALL)
+            .await
+            .expect("the resync works");
+        let _ = qga.vcpus(CALL).await;
+        let _ = qga.exec(&["cat", "/proc/meminfo"], None, CALL).await;
+        assert!(
+            !qga.reusable(CALL).await,
+            "an agent that hung up is not offered again"
+        );
+        drop(qga);
+        agent.abort();
+    });
+}

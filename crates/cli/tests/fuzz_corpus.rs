@@ -46,3 +46,8 @@ fn guest_output_corpus() {
 fn names_corpus() {
     replay("names", targets::names);
 }
+
+#[test]
+fn agent_reply_corpus() {
+    replay("agent_reply", targets::agent_reply);
+}

@@ -647,8 +647,18 @@ async fn lifecycle(d: Arc<Daemon>, ns: String, name: String, cmd: Command) -> Ap
     let rec = get_record(&d, &vm)?;
     not_deleting(&rec)?;
     if matches!(cmd, Command::Start) && !crate::admission::holds_memory(&rec) {
-        d.admit(&vm, crate::admission::desired_memory(&rec))
-            .map_err(memory_error)?;
+        // Admitted and marked as holding its memory in one write under the admission lock,
+        // so that two starts at once cannot both count on the same free memory.
+        let _admission = d.admission();
+        d.backend.store().update::<ApiError>(&vm, None, |r| {
+            not_deleting(r)?;
+            if !crate::admission::holds_memory(r) {
+                d.admit(&vm, crate::admission::desired_memory(r))
+                    .map_err(memory_error)?;
+                r.stopped_by_user = false;
+            }
+            Ok(())
+        })?;
     }
     let seq = latest_seq(&d);
     let message = d

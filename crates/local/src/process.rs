@@ -211,12 +211,12 @@ pub async fn ensure_disk_image(
     if !path.exists()
         && let Some(src) = source
     {
-        // Checked again here, where it is read: the file may have changed since the request.
-        if !roots.is_empty() {
-            crate::trusted::check_source(&src.to_string_lossy(), roots, false)
-                .map_err(BackendError::Failed)?;
-        }
-        let (format, src_size) = crate::trusted::inspect(src, roots).await?;
+        // Checked again here, where it is read (the file may have changed since the
+        // request), and held open from the check to the read.
+        let real = crate::trusted::check_source(&src.to_string_lossy(), roots, false)
+            .map_err(BackendError::Failed)?;
+        let pinned = crate::trusted::Pinned::open(&real, roots).map_err(BackendError::Failed)?;
+        let (format, src_size) = crate::trusted::inspect(&pinned, &real, roots).await?;
         if src_size > size {
             return Err(BackendError::Failed(format!(
                 "the source image {} is {src_size} bytes, more than the disk's size {size}",
@@ -230,10 +230,11 @@ pub async fn ensure_disk_image(
             format,
             "-O".into(),
             "qcow2".into(),
-            src.to_string_lossy().into(),
+            pinned.path().to_string_lossy().into(),
             tmp.to_string_lossy().into(),
         ])
         .await?;
+        drop(pinned);
         std::fs::rename(&tmp, path).map_err(|e| BackendError::Failed(e.to_string()))?;
     }
     let args: Vec<String> = if path.exists() {

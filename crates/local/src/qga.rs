@@ -90,8 +90,16 @@ impl Qga {
     /// Connects and synchronises within `timeout`. A guest whose agent is not running yet
     /// ends in a timeout.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Qga, BackendError> {
+        let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
+            .await
+            .map_err(|_| timeout_err("connect", timeout))?
+            .map_err(|e| BackendError::Unreachable(format!("guest agent: {e}")))?;
+        Qga::on(stream, timeout).await
+    }
+
+    /// Synchronises an agent connection already open within `timeout`.
+    pub async fn on(mut stream: UnixStream, timeout: Duration) -> Result<Qga, BackendError> {
         let open = async {
-            let mut stream = UnixStream::connect(path).await?;
             resync(&mut stream).await?;
             Ok::<_, std::io::Error>(stream)
         };

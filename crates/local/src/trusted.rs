@@ -56,19 +56,76 @@ pub fn check_source(image: &str, roots: &[PathBuf], over_tcp: bool) -> Result<Pa
     Ok(real)
 }
 
-/// The format of the image at `path` (`raw`, `qcow2`, …) and its virtual size in bytes,
-/// refusing one that would read other files: a backing chain leaving `roots` (any backing file
-/// when there is no root), or a qcow2 external data file.
-pub async fn inspect(path: &Path, roots: &[PathBuf]) -> Result<(String, u64), BackendError> {
-    let failed = |m: String| BackendError::Failed(format!("source image {}: {m}", path.display()));
+/// A source file held open from its check to its read, so that what is read is what was
+/// checked: opened without following a symlink in its last component, a regular file, and
+/// where it really is (after the open) still within the roots.
+pub struct Pinned {
+    file: std::fs::File,
+}
+
+impl Pinned {
+    /// Opens `real` (a path [`check_source`] returned).
+    pub fn open(real: &Path, roots: &[PathBuf]) -> Result<Pinned, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let shown = real.display();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(real)
+            .map_err(|e| format!("'{shown}': {e}"))?;
+        let meta = file.metadata().map_err(|e| format!("'{shown}': {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("'{shown}' is not a regular file"));
+        }
+        let pinned = Pinned { file };
+        let now = std::fs::read_link(format!("/proc/self/fd/{}", pinned.fd()))
+            .map_err(|e| format!("'{shown}': {e}"))?;
+        if !roots.is_empty() && !roots.iter().any(|r| now.starts_with(r)) {
+            return Err(format!(
+                "'{shown}' moved outside the trusted image directories (to {})",
+                now.display()
+            ));
+        }
+        Ok(pinned)
+    }
+
+    fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
+    }
+
+    /// A name of the open file that a child process of this user can open (qemu-img): it
+    /// names the file this process holds, whatever its path has become since.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.fd()))
+    }
+}
+
+/// The format (`raw`, `qcow2`, …) and virtual size in bytes of the pinned `image` (named
+/// `shown` in errors), refusing one that would read other files: a backing chain leaving
+/// `roots` (any backing file when there is no root), or a qcow2 external data file.
+pub async fn inspect(
+    image: &Pinned,
+    shown: &Path,
+    roots: &[PathBuf],
+) -> Result<(String, u64), BackendError> {
+    let path = image.path();
+    let failed = |m: String| BackendError::Failed(format!("source image {}: {m}", shown.display()));
     let out = tokio::process::Command::new("qemu-img")
         .args(["info", "--output=json", "--backing-chain", "-U"])
-        .arg(path)
+        .arg(&path)
         .output()
         .await
         .map_err(|e| failed(format!("qemu-img: {e}")))?;
-    let chain: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|_| failed(String::from_utf8_lossy(&out.stderr).trim().to_string()))?;
+    let chain: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        let mut why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if why.contains("backing") {
+            why.push_str(
+                " (a backing file is read by its absolute path only: `qemu-img rebase -u -b /absolute/base -F FORMAT IMAGE`)",
+            );
+        }
+        failed(why)
+    })?;
     let chain = chain.as_array().cloned().unwrap_or_default();
     let first = chain
         .first()
@@ -132,5 +189,27 @@ mod tests {
         let e = check_source(&outside, &[], true).unwrap_err();
         assert!(e.contains("--image-root"), "{e}");
         assert!(resolve_roots(&[dir.path().join("none")]).is_err());
+    }
+
+    #[test]
+    fn a_pinned_source_is_read_as_it_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        std::fs::create_dir(&root).unwrap();
+        let image = root.join("disk.img");
+        std::fs::write(&image, b"the checked image").unwrap();
+        std::fs::write(dir.path().join("secret"), b"a host secret").unwrap();
+        let roots = resolve_roots(std::slice::from_ref(&root)).unwrap();
+        let real = check_source(&image.display().to_string(), &roots, true).unwrap();
+        let pinned = Pinned::open(&real, &roots).unwrap();
+        // Swapped for a symlink out of the root after the check: the pinned name still reads
+        // the checked file, and a fresh open refuses the link.
+        std::fs::remove_file(&image).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), &image).unwrap();
+        assert_eq!(std::fs::read(pinned.path()).unwrap(), b"the checked image");
+        let e = Pinned::open(&real, &roots).err().unwrap();
+        assert!(e.contains("symbolic links"), "{e}");
+        // A directory is not an image.
+        assert!(Pinned::open(&root, &roots).is_err());
     }
 }

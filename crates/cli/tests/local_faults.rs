@@ -329,6 +329,27 @@ fn check(d: &Daemon, state: &State, canary: &str, point: &str) {
     );
 }
 
+/// The suite's VM in its first state, with 8 MiB of canary data on /data; returns the state
+/// and the canary's checksum.
+fn first_vm(d: &Daemon) -> (State, String) {
+    let state = State {
+        cpu: 1,
+        memory_mib: 512,
+        max_cpu: 3,
+        data_mib: 256,
+        extra: None,
+        nic: false,
+        attaches: 0,
+    };
+    converge_to(d, &state);
+    d.sh(
+        VM,
+        "dd if=/dev/urandom of=/data/canary bs=1M count=8 2>/dev/null; sync",
+    );
+    let canary = d.exec(VM, &["md5sum", "/data/canary"]);
+    (state, canary)
+}
+
 #[test]
 fn a_daemon_killed_at_any_step_point_ends_where_the_spec_says_with_nothing_lost() {
     let seed = env_number("WUKONG_FAULT_SEED").unwrap_or(20261202);
@@ -339,21 +360,7 @@ fn a_daemon_killed_at_any_step_point_ends_where_the_spec_says_with_nothing_lost(
         points.len()
     );
     let mut d = Daemon::start(&[]);
-    let mut state = State {
-        cpu: 1,
-        memory_mib: 512,
-        max_cpu: 3,
-        data_mib: 256,
-        extra: None,
-        nic: false,
-        attaches: 0,
-    };
-    converge_to(&d, &state);
-    d.sh(
-        VM,
-        "dd if=/dev/urandom of=/data/canary bs=1M count=8 2>/dev/null; sync",
-    );
-    let canary = d.exec(VM, &["md5sum", "/data/canary"]);
+    let (mut state, canary) = first_vm(&d);
     let (mut converged, mut rolled_back, mut fresh_boots) = (0, 0, 0);
     for (i, (change, point)) in points.iter().enumerate() {
         let mut ready = change.prepare(&state);
@@ -431,21 +438,7 @@ const QEMU_POINTS: &[(Change, &str)] = &[
 #[test]
 fn qemu_killed_in_the_middle_of_a_step_ends_where_the_spec_says_with_nothing_lost() {
     let mut d = Daemon::start(&[]);
-    let mut state = State {
-        cpu: 1,
-        memory_mib: 512,
-        max_cpu: 3,
-        data_mib: 256,
-        extra: None,
-        nic: false,
-        attaches: 0,
-    };
-    converge_to(&d, &state);
-    d.sh(
-        VM,
-        "dd if=/dev/urandom of=/data/canary bs=1M count=8 2>/dev/null; sync",
-    );
-    let canary = d.exec(VM, &["md5sum", "/data/canary"]);
+    let (mut state, canary) = first_vm(&d);
     let (mut converged, mut rolled_back) = (0, 0);
     for (change, point) in QEMU_POINTS {
         let ready = change.prepare(&state);

@@ -275,6 +275,20 @@ fn qemus(d: &Daemon) -> usize {
         .count()
 }
 
+/// Waits for the interrupted operation to end, then checks that the VM has `target`: at once,
+/// or — after a failure, which must say why — once the same spec is applied again. Returns the
+/// failure's message, if there was one.
+fn ends_at(d: &Daemon, target: &State, canary: &str, point: &str) -> Option<String> {
+    let (ok, message) = settled(d);
+    let failed = (!ok).then(|| {
+        assert!(!message.is_empty(), "{point}: a failure says why");
+        converge_to(d, target);
+        message
+    });
+    check(d, target, canary, point);
+    failed
+}
+
 /// Everything that must hold once the VM has `state`.
 fn check(d: &Daemon, state: &State, canary: &str, point: &str) {
     assert_eq!(qemus(d), 1, "{point}: one QEMU for the VM");
@@ -397,25 +411,19 @@ fn a_daemon_killed_at_any_step_point_ends_where_the_spec_says_with_nothing_lost(
         );
         d.failpoint = None;
         d.spawn();
-        let (ok, message) = settled(&d);
-        if ok {
-            converged += 1;
-        } else {
-            // Rolled back with a reason: the next apply of the same spec must work.
-            assert!(!message.is_empty(), "{point}: a failure says why");
-            rolled_back += 1;
-            converge_to(&d, &target);
+        let failed = ends_at(&d, &target, &canary, point);
+        match failed {
+            None => converged += 1,
+            Some(_) => rolled_back += 1,
         }
-        check(&d, &target, &canary, point);
         println!(
             "{:>3} {:<32} {:<11} {}",
             i + 1,
             point,
             format!("{change:?}"),
-            if ok {
-                "converged".to_string()
-            } else {
-                format!("rolled back ({message}), then converged")
+            match failed {
+                None => "converged".to_string(),
+                Some(message) => format!("rolled back ({message}), then converged"),
             }
         );
         state = target;
@@ -462,22 +470,17 @@ fn qemu_killed_in_the_middle_of_a_step_ends_where_the_spec_says_with_nothing_los
             |_| d.log().contains(&killed),
         );
         // The VM came back in a new QEMU (runStrategy Always) and settled.
-        let (ok, message) = settled(&d);
+        let failed = ends_at(&d, &target, &canary, point);
         assert_ne!(d.qemu_pid(VM), pid, "{point}: a new QEMU");
-        if ok {
-            converged += 1;
-        } else {
-            assert!(!message.is_empty(), "{point}: a failure says why");
-            rolled_back += 1;
-            converge_to(&d, &target);
+        match failed {
+            None => converged += 1,
+            Some(_) => rolled_back += 1,
         }
-        check(&d, &target, &canary, point);
         println!(
             "QEMU killed at {point:<20} {change:<9?} {}",
-            if ok {
-                "converged".to_string()
-            } else {
-                format!("failed ({message}), then converged")
+            match failed {
+                None => "converged".to_string(),
+                Some(message) => format!("failed ({message}), then converged"),
             }
         );
         d.failpoint = None;

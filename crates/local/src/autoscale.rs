@@ -85,16 +85,17 @@ async fn evaluate(
     let (at, now) = (wall_clock(), jiff::Timestamp::now().to_string());
     let mut changed = false;
     // What the recommender will remember if the change is written (stored with it).
-    let mut next = recommender.clone();
+    let mut next = None;
     let updated = daemon.backend.store().update::<StoreError>(vm, None, |r| {
         let s = r.object.status.get_or_insert_with(Default::default);
         let a = s.autoscaling.get_or_insert_with(AutoscalingStatus::default);
         changed = status::record(a, policy, &ev, &now);
-        next = recommender.clone();
+        let mut after = recommender.clone();
         if changed {
-            next.applied(&ev.changes, at);
+            after.applied(&ev.changes, at);
         }
-        a.history = Some(next.history());
+        a.history = Some(after.history());
+        next = Some(after);
         let generation = r.object.metadata.generation;
         let has = s.conditions.iter().any(|c| c.type_ == LIMITED);
         if let Some((on, reason, msg)) = status::limited(&ev, has) {
@@ -110,7 +111,9 @@ async fn evaluate(
         .autoscaler
         .observe(&vm.namespace, &vm.name, policy, &ev, changed);
     let Ok(rec) = updated else { return };
-    *recommender = next;
+    if let Some(after) = next {
+        *recommender = after;
+    }
     if changed {
         for c in &ev.changes {
             daemon.notice(vm, status::describe(c), false);

@@ -90,11 +90,13 @@ impl Qga {
     /// Connects and synchronises within `timeout`. A guest whose agent is not running yet
     /// ends in a timeout.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Qga, BackendError> {
+        let started = Instant::now();
         let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
             .await
             .map_err(|_| timeout_err("connect", timeout))?
             .map_err(|e| BackendError::Unreachable(format!("guest agent: {e}")))?;
-        Qga::on(stream, timeout).await
+        // One bound for both: the resync gets what the connect left.
+        Qga::on(stream, timeout.saturating_sub(started.elapsed())).await
     }
 
     /// Synchronises an agent connection already open within `timeout`.

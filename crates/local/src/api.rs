@@ -325,7 +325,14 @@ fn list_body(items: Vec<VmRecord>) -> Value {
 async fn list_all(State(d): State<Arc<Daemon>>) -> ApiResult {
     Ok(json_response(
         StatusCode::OK,
-        &list_body(d.backend.store().list(None)?),
+        &list_body(
+            d.backend
+                .store()
+                .list(None)?
+                .into_iter()
+                .map(|r| d.live(r))
+                .collect(),
+        ),
         latest_seq(&d),
     ))
 }
@@ -333,7 +340,14 @@ async fn list_all(State(d): State<Arc<Daemon>>) -> ApiResult {
 async fn list(State(d): State<Arc<Daemon>>, Path(ns): Path<String>) -> ApiResult {
     Ok(json_response(
         StatusCode::OK,
-        &list_body(d.backend.store().list(Some(&ns))?),
+        &list_body(
+            d.backend
+                .store()
+                .list(Some(&ns))?
+                .into_iter()
+                .map(|r| d.live(r))
+                .collect(),
+        ),
         latest_seq(&d),
     ))
 }
@@ -358,7 +372,11 @@ async fn read(
     let vm = VmRef::new(&ns, &name);
     let rec = get_record(&d, &vm)?;
     if q.watch != Some(true) {
-        return Ok(json_response(StatusCode::OK, &rec.object, latest_seq(&d)));
+        return Ok(json_response(
+            StatusCode::OK,
+            &d.live(rec).object,
+            latest_seq(&d),
+        ));
     }
     // Watch: the object now, then again after each event about it.
     let rx = d.events.subscribe();

@@ -57,6 +57,8 @@ pub struct Daemon {
     pub metrics: crate::metrics::Metrics,
     /// Held across a memory admission and the write it admits.
     admission: Mutex<()>,
+    /// VMs QEMU holds paused on a failed disk write, with their condition (`paused.rs`).
+    pub(crate) paused: Mutex<HashMap<VmRef, crate::paused::Held>>,
 }
 
 /// Host limits: vCPUs up to 8 per host core (TCG runs them as threads), memory up to three
@@ -183,6 +185,7 @@ impl Daemon {
             engine_timeouts: Mutex::new(Timeouts::default()),
             metrics: Default::default(),
             admission: Mutex::new(()),
+            paused: Mutex::new(HashMap::new()),
         })
     }
 
@@ -430,6 +433,9 @@ impl Daemon {
                 );
             }
             was_running = Some(running);
+            // Paused by QEMU on a failed write: the guest cannot answer; nothing is planned
+            // until it runs again (let go here once the host has room).
+            let paused = running && self.check_io_pause(&vm).await;
             let backing_off = !died
                 && failures.is_some_and(|(g, _, until)| {
                     g == generation && tokio::time::Instant::now() < until
@@ -442,7 +448,8 @@ impl Daemon {
                 events: &recorder,
                 timeouts: *self.engine_timeouts.lock().expect("timeouts"),
             };
-            if backing_off {
+            if paused {
+            } else if backing_off {
                 self.refresh_status(&vm).await;
             } else {
                 let outcome = engine.converge(&vm, &op, &mut desired).await;

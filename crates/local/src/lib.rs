@@ -13,6 +13,7 @@ pub mod image;
 pub mod machine;
 pub mod metrics;
 pub mod paths;
+pub mod paused;
 pub mod process;
 pub mod qga;
 pub mod qmp;

@@ -341,7 +341,7 @@ pub fn qemu_args(m: &Machine<'_>) -> Vec<String> {
             ),
             "-device",
             &format!(
-                "virtio-blk-pci,drive={},id={},serial={},bus={}{}",
+                "virtio-blk-pci,drive={},id={},serial={},bus={},werror=enospc,rerror=report{}",
                 node_name(&d.name),
                 disk_id(&d.name),
                 d.name,
@@ -468,7 +468,10 @@ mod tests {
         };
         let a = qemu_args(&m).join(" ");
         assert!(!a.contains("-kernel") && !a.contains("-append"), "{a}");
-        assert!(a.contains("serial=root,bus=rp3,bootindex=1"), "{a}");
+        assert!(
+            a.contains("serial=root,bus=rp3,werror=enospc,rerror=report,bootindex=1"),
+            "a write the host has no room for pauses the VM: {a}"
+        );
     }
 
     #[test]

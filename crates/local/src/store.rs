@@ -10,7 +10,9 @@
 //! [`Store::open_with`] (version 1 had no per-VM index: it is built and the history bounded).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -105,9 +107,27 @@ fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
 
 /// The database.
 pub struct Store {
-    db: redb::Database,
+    /// `None` once a failed write closed it (it is opened again on the next call).
+    db: RwLock<Option<redb::Database>>,
+    path: PathBuf,
+    /// Set when a call met an I/O error: redb refuses every later call (`PreviousIo`) until
+    /// the database is opened again, so the next call does that first. A full filesystem that
+    /// refused one commit thus costs that commit, not the daemon's store.
+    broken: AtomicBool,
     /// Events kept per VM.
     keep: usize,
+}
+
+/// The open database, for the length of one call.
+struct Db<'a>(RwLockReadGuard<'a, Option<redb::Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = redb::Database;
+    fn deref(&self) -> &redb::Database {
+        self.0
+            .as_ref()
+            .expect("Store::db hands out an open database")
+    }
 }
 
 fn key(vm: &VmRef) -> String {
@@ -141,7 +161,12 @@ impl Store {
             }
             meta.insert("schema", SCHEMA_VERSION).map_err(dberr)?;
         }
-        let store = Store { db, keep };
+        let store = Store {
+            db: RwLock::new(None),
+            path: path.to_path_buf(),
+            broken: AtomicBool::new(false),
+            keep,
+        };
         // A smaller bound than the last run's applies at once.
         let vms: Vec<String> = {
             let counts = txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
@@ -158,17 +183,51 @@ impl Store {
             store.prune(&txn, &vm)?;
         }
         txn.commit().map_err(dberr)?;
+        *store.db.write().expect("store") = Some(db);
         Ok(store)
+    }
+
+    /// The database, opened again first if a failed call closed it.
+    fn db(&self) -> Result<Db<'_>, StoreError> {
+        loop {
+            {
+                let g = self.db.read().expect("store");
+                if g.is_some() && !self.broken.load(Ordering::SeqCst) {
+                    return Ok(Db(g));
+                }
+            }
+            let mut w = self.db.write().expect("store");
+            if self.broken.swap(false, Ordering::SeqCst) || w.is_none() {
+                // The old handle must be gone before the file can be opened again.
+                *w = None;
+                match redb::Database::create(&self.path) {
+                    Ok(db) => *w = Some(db),
+                    Err(e) => {
+                        self.broken.store(true, Ordering::SeqCst);
+                        return Err(dberr(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `e` as a store error; an I/O error marks the database to be opened again.
+    fn fail<E: Into<redb::Error>>(&self, e: E) -> StoreError {
+        let e = e.into();
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.broken.store(true, Ordering::SeqCst);
+        }
+        StoreError::Db(e)
     }
 
     /// Drops `vm`'s oldest events beyond the bound (in `txn`).
     fn prune(&self, txn: &redb::WriteTransaction, vm: &str) -> Result<(), StoreError> {
-        let mut idx = txn.open_table(VM_EVENTS).map_err(dberr)?;
-        let mut events = txn.open_table(EVENTS).map_err(dberr)?;
-        let mut counts = txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
+        let mut idx = txn.open_table(VM_EVENTS).map_err(|e| self.fail(e))?;
+        let mut events = txn.open_table(EVENTS).map_err(|e| self.fail(e))?;
+        let mut counts = txn.open_table(VM_EVENT_COUNT).map_err(|e| self.fail(e))?;
         let mut n = counts
             .get(vm)
-            .map_err(dberr)?
+            .map_err(|e| self.fail(e))?
             .map(|v| v.value())
             .unwrap_or(0) as usize;
         if n <= self.keep {
@@ -176,34 +235,36 @@ impl Store {
         }
         let old: Vec<u64> = idx
             .range((vm, 0)..=(vm, u64::MAX))
-            .map_err(dberr)?
+            .map_err(|e| self.fail(e))?
             .take(n - self.keep)
             .filter_map(|r| r.ok().map(|(k, _)| k.value().1))
             .collect();
         for seq in old {
-            idx.remove((vm, seq)).map_err(dberr)?;
-            events.remove(seq).map_err(dberr)?;
+            idx.remove((vm, seq)).map_err(|e| self.fail(e))?;
+            events.remove(seq).map_err(|e| self.fail(e))?;
             n -= 1;
         }
-        counts.insert(vm, n as u64).map_err(dberr)?;
+        counts.insert(vm, n as u64).map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     /// One VM's record.
     pub fn get(&self, vm: &VmRef) -> Result<Option<VmRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(dberr)?;
-        let table = txn.open_table(VMS).map_err(dberr)?;
-        let value = table.get(key(vm).as_str()).map_err(dberr)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| self.fail(e))?;
+        let table = txn.open_table(VMS).map_err(|e| self.fail(e))?;
+        let value = table.get(key(vm).as_str()).map_err(|e| self.fail(e))?;
         value.map(|v| decode(&key(vm), v.value())).transpose()
     }
 
     /// Every VM, optionally in one namespace, ordered by namespace and name.
     pub fn list(&self, namespace: Option<&str>) -> Result<Vec<VmRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(dberr)?;
-        let table = txn.open_table(VMS).map_err(dberr)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| self.fail(e))?;
+        let table = txn.open_table(VMS).map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(dberr)? {
-            let (k, v) = row.map_err(dberr)?;
+        for row in table.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = row.map_err(|e| self.fail(e))?;
             let k = k.value().to_string();
             if namespace.is_none_or(|ns| k.split('/').next() == Some(ns)) {
                 out.push(decode(&k, v.value())?);
@@ -215,19 +276,24 @@ impl Store {
     /// Creates a record; fails if it exists. Sets its resourceVersion.
     pub fn create(&self, mut record: VmRecord) -> Result<VmRecord, StoreError> {
         let vm = record_ref(&record);
-        let txn = self.db.begin_write().map_err(dberr)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut table = txn.open_table(VMS).map_err(dberr)?;
-            if table.get(key(&vm).as_str()).map_err(dberr)?.is_some() {
+            let mut table = txn.open_table(VMS).map_err(|e| self.fail(e))?;
+            if table
+                .get(key(&vm).as_str())
+                .map_err(|e| self.fail(e))?
+                .is_some()
+            {
                 return Err(StoreError::Exists(key(&vm)));
             }
-            let rv = next_version(&txn)?;
+            let rv = self.next_version(&txn)?;
             record.object.metadata.resource_version = Some(rv.to_string());
             table
                 .insert(key(&vm).as_str(), encode(&record).as_slice())
-                .map_err(dberr)?;
+                .map_err(|e| self.fail(e))?;
         }
-        txn.commit().map_err(dberr)?;
+        txn.commit().map_err(|e| self.fail(e))?;
         Ok(record)
     }
 
@@ -240,10 +306,11 @@ impl Store {
         expect: Option<&str>,
         f: impl FnOnce(&mut VmRecord) -> Result<(), E>,
     ) -> Result<VmRecord, E> {
-        let txn = self.db.begin_write().map_err(dberr)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| self.fail(e))?;
         let record = {
-            let mut table = txn.open_table(VMS).map_err(dberr)?;
-            let mut record = match table.get(key(vm).as_str()).map_err(dberr)? {
+            let mut table = txn.open_table(VMS).map_err(|e| self.fail(e))?;
+            let mut record = match table.get(key(vm).as_str()).map_err(|e| self.fail(e))? {
                 Some(v) => decode(&key(vm), v.value())?,
                 None => return Err(StoreError::NotFound(key(vm)).into()),
             };
@@ -259,25 +326,29 @@ impl Store {
                 return Err(StoreError::Conflict(key(vm), current, expect.to_string()).into());
             }
             f(&mut record)?;
-            let rv = next_version(&txn)?;
+            let rv = self.next_version(&txn)?;
             record.object.metadata.resource_version = Some(rv.to_string());
             table
                 .insert(key(vm).as_str(), encode(&record).as_slice())
-                .map_err(dberr)?;
+                .map_err(|e| self.fail(e))?;
             record
         };
-        txn.commit().map_err(dberr)?;
+        txn.commit().map_err(|e| self.fail(e))?;
         Ok(record)
     }
 
     /// Removes a record (and keeps its events as history).
     pub fn delete(&self, vm: &VmRef) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(dberr)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| self.fail(e))?;
         let existed = {
-            let mut table = txn.open_table(VMS).map_err(dberr)?;
-            table.remove(key(vm).as_str()).map_err(dberr)?.is_some()
+            let mut table = txn.open_table(VMS).map_err(|e| self.fail(e))?;
+            table
+                .remove(key(vm).as_str())
+                .map_err(|e| self.fail(e))?
+                .is_some()
         };
-        txn.commit().map_err(dberr)?;
+        txn.commit().map_err(|e| self.fail(e))?;
         Ok(existed)
     }
 
@@ -290,28 +361,29 @@ impl Store {
         event: &Event,
         f: impl FnOnce(&mut VmRecord),
     ) -> Result<StoredEvent, StoreError> {
-        let txn = self.db.begin_write().map_err(dberr)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut table = txn.open_table(VMS).map_err(dberr)?;
+            let mut table = txn.open_table(VMS).map_err(|e| self.fail(e))?;
             let current = table
                 .get(key(vm).as_str())
-                .map_err(dberr)?
+                .map_err(|e| self.fail(e))?
                 .map(|v| decode(&key(vm), v.value()))
                 .transpose()?;
             if let Some(mut record) = current {
                 f(&mut record);
-                let rv = next_version(&txn)?;
+                let rv = self.next_version(&txn)?;
                 record.object.metadata.resource_version = Some(rv.to_string());
                 table
                     .insert(key(vm).as_str(), encode(&record).as_slice())
-                    .map_err(dberr)?;
+                    .map_err(|e| self.fail(e))?;
             }
         }
         let stored = {
-            let mut table = txn.open_table(EVENTS).map_err(dberr)?;
+            let mut table = txn.open_table(EVENTS).map_err(|e| self.fail(e))?;
             let seq = table
                 .last()
-                .map_err(dberr)?
+                .map_err(|e| self.fail(e))?
                 .map(|(k, _)| k.value() + 1)
                 .unwrap_or(1);
             let stored = StoredEvent {
@@ -321,21 +393,24 @@ impl Store {
                 event: event.clone(),
             };
             let bytes = serde_json::to_vec(&stored).expect("events serialize");
-            table.insert(seq, bytes.as_slice()).map_err(dberr)?;
+            table
+                .insert(seq, bytes.as_slice())
+                .map_err(|e| self.fail(e))?;
             let k = key(vm);
-            let mut idx = txn.open_table(VM_EVENTS).map_err(dberr)?;
-            idx.insert((k.as_str(), seq), ()).map_err(dberr)?;
-            let mut counts = txn.open_table(VM_EVENT_COUNT).map_err(dberr)?;
+            let mut idx = txn.open_table(VM_EVENTS).map_err(|e| self.fail(e))?;
+            idx.insert((k.as_str(), seq), ())
+                .map_err(|e| self.fail(e))?;
+            let mut counts = txn.open_table(VM_EVENT_COUNT).map_err(|e| self.fail(e))?;
             let n = counts
                 .get(k.as_str())
-                .map_err(dberr)?
+                .map_err(|e| self.fail(e))?
                 .map(|v| v.value())
                 .unwrap_or(0);
-            counts.insert(k.as_str(), n + 1).map_err(dberr)?;
+            counts.insert(k.as_str(), n + 1).map_err(|e| self.fail(e))?;
             stored
         };
         self.prune(&txn, &key(vm))?;
-        txn.commit().map_err(dberr)?;
+        txn.commit().map_err(|e| self.fail(e))?;
         Ok(stored)
     }
 
@@ -346,32 +421,33 @@ impl Store {
         since: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let txn = self.db.begin_read().map_err(dberr)?;
-        let table = txn.open_table(EVENTS).map_err(dberr)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| self.fail(e))?;
+        let table = txn.open_table(EVENTS).map_err(|e| self.fail(e))?;
         // Only the newest `limit` are read, newest first, then put in order.
         let mut seqs: Vec<u64> = match vm {
             Some(vm) => {
                 let k = key(vm);
-                let idx = txn.open_table(VM_EVENTS).map_err(dberr)?;
+                let idx = txn.open_table(VM_EVENTS).map_err(|e| self.fail(e))?;
                 idx.range((k.as_str(), since.saturating_add(1))..=(k.as_str(), u64::MAX))
-                    .map_err(dberr)?
+                    .map_err(|e| self.fail(e))?
                     .rev()
                     .take(limit)
-                    .map(|r| r.map(|(k, _)| k.value().1).map_err(dberr))
+                    .map(|r| r.map(|(k, _)| k.value().1).map_err(|e| self.fail(e)))
                     .collect::<Result<_, _>>()?
             }
             None => table
                 .range(since.saturating_add(1)..)
-                .map_err(dberr)?
+                .map_err(|e| self.fail(e))?
                 .rev()
                 .take(limit)
-                .map(|r| r.map(|(k, _)| k.value()).map_err(dberr))
+                .map(|r| r.map(|(k, _)| k.value()).map_err(|e| self.fail(e)))
                 .collect::<Result<_, _>>()?,
         };
         seqs.reverse();
         let mut out = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            let Some(v) = table.get(seq).map_err(dberr)? else {
+            let Some(v) = table.get(seq).map_err(|e| self.fail(e))? else {
                 continue;
             };
             out.push(
@@ -380,6 +456,19 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    fn next_version(&self, txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
+        let mut meta = txn.open_table(META).map_err(|e| self.fail(e))?;
+        let next = meta
+            .get("resource_version")
+            .map_err(|e| self.fail(e))?
+            .map(|v| v.value())
+            .unwrap_or(0)
+            + 1;
+        meta.insert("resource_version", next)
+            .map_err(|e| self.fail(e))?;
+        Ok(next)
     }
 }
 
@@ -409,18 +498,6 @@ pub fn record_ref(r: &VmRecord) -> VmRef {
         r.object.metadata.namespace.as_deref().unwrap_or("default"),
         r.object.metadata.name.as_deref().unwrap_or_default(),
     )
-}
-
-fn next_version(txn: &redb::WriteTransaction) -> Result<u64, StoreError> {
-    let mut meta = txn.open_table(META).map_err(dberr)?;
-    let next = meta
-        .get("resource_version")
-        .map_err(dberr)?
-        .map(|v| v.value())
-        .unwrap_or(0)
-        + 1;
-    meta.insert("resource_version", next).map_err(dberr)?;
-    Ok(next)
 }
 
 fn encode(r: &VmRecord) -> Vec<u8> {

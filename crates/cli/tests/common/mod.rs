@@ -67,12 +67,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `wukong serve` in a fresh home (short path: unix sockets live there).
     pub fn start(extra: &[&str]) -> Daemon {
-        prerequisites();
         let home = tempfile::Builder::new()
             .prefix("wk")
             .tempdir_in("/tmp")
             .unwrap()
             .keep();
+        Daemon::start_in(home, extra)
+    }
+
+    /// Starts `wukong serve` with `home` as its WUKONG_HOME (a short path: unix sockets live
+    /// there).
+    pub fn start_in(home: PathBuf, extra: &[&str]) -> Daemon {
+        prerequisites();
         let mut d = Daemon {
             home,
             child: None,

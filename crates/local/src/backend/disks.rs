@@ -102,6 +102,9 @@ impl LocalBackend {
         let mut props = serde_json::Map::new();
         props.insert("drive".into(), json!(node_name(&disk.name)));
         props.insert("serial".into(), json!(disk.name));
+        // A write the host has no room for pauses the VM (see `pause.rs`).
+        props.insert("werror".into(), json!("enospc"));
+        props.insert("rerror".into(), json!("report"));
         if let Err(e) = qmp
             .device_add("virtio-blk-pci", &disk_id(&disk.name), Some(&port), props)
             .await

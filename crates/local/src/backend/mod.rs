@@ -35,7 +35,10 @@ mod disks;
 mod guest;
 mod memory;
 mod nics;
+mod pause;
 mod platform;
+
+pub use pause::{IoPause, free_bytes};
 
 /// Annotation that lets a detach go on when the disk is busy in the guest (lazy unmount).
 pub const FORCE_DETACH: &str = "vm.novasphere.dev/force-detach";

@@ -3,7 +3,8 @@
 //! (traversal, encoded slashes, absolute paths, NUL, overlong, non-ASCII) sent raw over TCP
 //! gets a 4xx everywhere and nothing is written on disk. (A namespace
 //! `..%2F..%2F..%2Fsome%2Fdir` once made a VM directory outside WUKONG_HOME.) A VM being
-//! deleted takes no change; concurrent PATCHes land one at a time.
+//! deleted takes no change; concurrent PATCHes land one at a time; concurrent starts are
+//! admitted one at a time against the host's memory.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -78,7 +79,18 @@ fn daemon_on(store: Arc<Store>, home: &Home) -> Arc<Daemon> {
 }
 
 fn daemon_with(store: Arc<Store>, home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
-    let options = LocalOptions {
+    daemon_of(store, home, options(roots))
+}
+
+fn daemon_of(store: Arc<Store>, home: &Home, options: LocalOptions) -> Arc<Daemon> {
+    Daemon::new(
+        Arc::new(LocalBackend::new(home.clone(), store, options)),
+        HostLimits::UNLIMITED,
+    )
+}
+
+fn options(roots: Vec<PathBuf>) -> LocalOptions {
+    LocalOptions {
         accel: Accel::Tcg,
         boot: BootSource {
             kernel: None,
@@ -94,11 +106,7 @@ fn daemon_with(store: Arc<Store>, home: &Home, roots: Vec<PathBuf>) -> Arc<Daemo
         event_history: 100,
         uefi: Default::default(),
         memory_commit: Default::default(),
-    };
-    Daemon::new(
-        Arc::new(LocalBackend::new(home.clone(), store, options)),
-        HostLimits::UNLIMITED,
-    )
+    }
 }
 
 /// Over TCP a spec may name host images only inside a directory the daemon trusts; with
@@ -522,5 +530,118 @@ async fn concurrent_patches_land_one_at_a_time_and_a_stale_resource_version_is_r
         rec.object.spec.cpu,
         Some(last.1),
         "the last PATCH's spec is stored"
+    );
+}
+
+/// Eight stopped Manual VMs, room on the host for one: eight `start`s at once, and exactly one
+/// is admitted; the others are refused on `spec.memory` with the figures and stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_are_admitted_one_at_a_time() {
+    const VMS: usize = 8;
+    const GI: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    home.ensure().unwrap();
+    let mut opts = options(Vec::new());
+    // Room for one VM of 1Gi (with QEMU's share), not two.
+    opts.memory_commit = wukong_local::admission::CommitLimit::Bytes(
+        GI + wukong_local::admission::QEMU_OVERHEAD + GI / 2,
+    );
+    // A kernel that is not there: an admitted start fails at once, before any QEMU runs.
+    opts.boot.kernel = Some(dir.path().join("no-such-kernel"));
+    let d = daemon_of(
+        Arc::new(Store::open(&home.database()).unwrap()),
+        &home,
+        opts,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = wukong_local::api::router(d.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let store = d.backend.store().clone();
+    let vms: Vec<wukong_engine::VmRef> = (0..VMS)
+        .map(|i| wukong_engine::VmRef::new("default", &format!("vm{i}")))
+        .collect();
+    for vm in &vms {
+        let body = format!(
+            r#"{{"apiVersion":"vm.novasphere.dev/v1alpha1","kind":"Wukong","metadata":{{"name":"{}"}},"spec":{{"cpu":1,"memory":"1Gi","runStrategy":"Halted","disks":[{{"name":"system","size":"64Mi"}}]}}}}"#,
+            vm.name
+        );
+        let (code, answer) = tokio::task::spawn_blocking(move || {
+            exchange(
+                addr,
+                "POST",
+                format!("{PREFIX}/namespaces/default/wukongs").as_bytes(),
+                &body,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 201, "{answer}");
+    }
+    // Each worker finds its VM stopped; then each is what a user's `wukong stop` of a Manual
+    // VM leaves: Manual, stopped by the user, holding no memory.
+    // (A status write is not an event: the store is polled until each shows it.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !vms.iter().all(|vm| {
+        store
+            .get(vm)
+            .unwrap()
+            .unwrap()
+            .object
+            .status
+            .and_then(|s| s.phase)
+            == Some(wukong_api::Phase::Stopped)
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers did not find their VMs stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for vm in &vms {
+        store
+            .update::<wukong_local::store::StoreError>(vm, None, |r| {
+                r.object.spec.run_strategy = Some(wukong_api::RunStrategy::Manual);
+                r.stopped_by_user = true;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!wukong_local::admission::holds_memory(
+            &store.get(vm).unwrap().unwrap()
+        ));
+    }
+    let starts: Vec<_> = vms
+        .iter()
+        .map(|vm| {
+            let path = format!("{PREFIX}/namespaces/default/wukongs/{}/start", vm.name);
+            std::thread::spawn(move || exchange(addr, "POST", path.as_bytes(), ""))
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+    let refused: Vec<&(u16, String)> = answers
+        .iter()
+        .filter(|(_, body)| body.contains("the host cannot commit it"))
+        .collect();
+    assert_eq!(
+        refused.len(),
+        VMS - 1,
+        "exactly one start admitted: {answers:#?}"
+    );
+    for (code, body) in &refused {
+        assert_eq!(*code, 422, "{body}");
+        assert!(body.contains("spec.memory"), "{body}");
+        assert!(body.contains("1 other VMs hold"), "{body}");
+    }
+    let admitted: Vec<&wukong_engine::VmRef> = vms
+        .iter()
+        .filter(|vm| !store.get(vm).unwrap().unwrap().stopped_by_user)
+        .collect();
+    assert_eq!(
+        admitted.len(),
+        1,
+        "one VM marked as holding its memory, the refused ones untouched"
     );
 }

@@ -68,7 +68,7 @@ pub struct AutoscalingSpec {
     pub memory: Option<MemoryAutoscaling>,
     /// Disks grown when their filesystem fills (at most 16).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = HISTORY_DISKS))]
     pub disks: Vec<DiskAutoscaling>,
     /// Seconds between two evaluations (5–3600). Default 15.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +184,10 @@ pub struct AutoscalingStatus {
 pub const HISTORY_RUNS: usize = 128;
 /// Most used-bytes readings kept per filesystem for its fill rate.
 pub const HISTORY_POINTS: usize = 32;
+/// Most disks the history follows: as many as a spec may autoscale (`disks`, at most 16).
+pub const HISTORY_DISKS: usize = 16;
+/// Most scale-down times kept: one per resource, vCPUs and memory beside the disks.
+pub const HISTORY_SCALED_DOWN: usize = HISTORY_DISKS + 2;
 
 /// The recommender's memory. Times are seconds since the Unix epoch.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -203,15 +207,15 @@ pub struct AutoscalingHistory {
     pub memory_pressure: bool,
     /// When each resource was last scaled down (its cooldown runs from there).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 18))]
+    #[schemars(length(max = HISTORY_SCALED_DOWN))]
     pub scaled_down: Vec<TimedValue>,
     /// Disks already reported at their maxSize (warned once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = HISTORY_DISKS))]
     pub at_max_size: Vec<String>,
     /// Each filesystem's recent used bytes, for its fill rate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = HISTORY_DISKS))]
     pub used: Vec<UsedHistory>,
 }
 
@@ -248,7 +252,7 @@ pub struct SeriesHistory {
     pub since: f64,
     /// Oldest first.
     #[serde(default)]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = HISTORY_RUNS))]
     pub runs: Vec<Run>,
 }
 
@@ -279,7 +283,7 @@ pub struct UsedHistory {
     pub disk: String,
     /// (time, used bytes), oldest first.
     #[serde(default)]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = HISTORY_POINTS))]
     pub points: Vec<Point>,
 }
 

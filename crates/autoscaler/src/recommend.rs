@@ -11,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use wukong_api::Quantity;
 use wukong_api::autoscaling::{
-    AutoscalingHistory, CpuCounters, FilesystemMetrics, GuestMetrics, HISTORY_POINTS, HISTORY_RUNS,
-    LastReading, Point, Policy, Run, SeriesHistory, Target, TimedValue, UsedHistory,
+    AutoscalingHistory, CpuCounters, FilesystemMetrics, GuestMetrics, HISTORY_DISKS,
+    HISTORY_POINTS, HISTORY_RUNS, HISTORY_SCALED_DOWN, LastReading, Point, Policy, Run,
+    SeriesHistory, Target, TimedValue, UsedHistory,
 };
 
 use crate::rules::{self, DiskReading, DiskRule, MemoryReading, PRESSURE_THRESHOLD};
@@ -237,13 +238,13 @@ impl Recommender {
                     resource: resource.clone(),
                     at: *at,
                 })
-                .take(18)
+                .take(HISTORY_SCALED_DOWN)
                 .collect(),
-            at_max_size: self.at_max.iter().take(16).cloned().collect(),
+            at_max_size: self.at_max.iter().take(HISTORY_DISKS).cloned().collect(),
             used: self
                 .used
                 .iter()
-                .take(16)
+                .take(HISTORY_DISKS)
                 .map(|(disk, h)| UsedHistory {
                     disk: disk.clone(),
                     points: h

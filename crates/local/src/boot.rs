@@ -45,14 +45,16 @@ fn failed(what: &str, e: impl std::fmt::Display) -> BackendError {
 
 /// How the VM of `def` boots, its files made ready: the UEFI variable store copied from the
 /// template the first time, a kernel checked against the trusted `roots` again (it was when
-/// the spec came in; the file may have changed since).
+/// the spec came in; the file may have changed since) and held open: QEMU is given the open
+/// file, so what it loads is what was checked. Keep the returned files open until QEMU has
+/// started (it reads the kernel and initrd once, at start).
 pub fn boot_source(
     def: &VmConfig,
     default: &BootSource,
     dir: &Path,
     uefi: &UefiFirmware,
     roots: &[PathBuf],
-) -> Result<BootSource, BackendError> {
+) -> Result<(BootSource, Vec<crate::trusted::Pinned>), BackendError> {
     let firmware = |uefi: Option<Uefi>| BootSource {
         kernel: None,
         initrd: None,
@@ -64,32 +66,42 @@ pub fn boot_source(
         | Some(BootSpec {
             firmware: None,
             kernel: None,
-        }) => Ok(default.clone()),
+        }) => Ok((default.clone(), Vec::new())),
         Some(BootSpec {
             firmware: Some(Firmware::Bios),
             ..
-        }) => Ok(firmware(None)),
+        }) => Ok((firmware(None), Vec::new())),
         Some(BootSpec {
             firmware: Some(Firmware::Uefi),
             ..
-        }) => Ok(firmware(Some(uefi_files(dir, uefi)?))),
+        }) => Ok((firmware(Some(uefi_files(dir, uefi)?)), Vec::new())),
         Some(BootSpec {
             kernel: Some(k), ..
         }) => {
-            let trusted = |p: &str, field: &str| {
-                crate::trusted::check_source(p, roots, false)
-                    .map_err(|e| failed(&format!("spec.boot.kernel.{field}"), e))
+            let mut pins = Vec::new();
+            let mut trusted = |p: &str, field: &str| {
+                let pinned = crate::trusted::check_source(p, roots, false)
+                    .and_then(|real| crate::trusted::Pinned::open(&real, roots))
+                    .map_err(|e| failed(&format!("spec.boot.kernel.{field}"), e))?;
+                let path = pinned.path();
+                pins.push(pinned);
+                Ok::<_, BackendError>(path)
             };
-            Ok(BootSource {
-                kernel: Some(trusted(&k.path, "path")?),
-                initrd: k
-                    .initrd
-                    .as_deref()
-                    .map(|i| trusted(i, "initrd"))
-                    .transpose()?,
-                cmdline: k.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
-                uefi: None,
-            })
+            let kernel = trusted(&k.path, "path")?;
+            let initrd = k
+                .initrd
+                .as_deref()
+                .map(|i| trusted(i, "initrd"))
+                .transpose()?;
+            Ok((
+                BootSource {
+                    kernel: Some(kernel),
+                    initrd,
+                    cmdline: k.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+                    uefi: None,
+                },
+                pins,
+            ))
         }
     }
 }
@@ -255,5 +267,57 @@ mod tests {
         assert!(uefi_files(&vm, &fw).is_err(), "a store of another size");
         std::fs::remove_file(&fw.code).unwrap();
         assert!(uefi_files(&vm, &fw).is_err(), "no firmware");
+    }
+
+    #[test]
+    fn qemu_is_given_the_kernel_that_was_checked_whatever_its_path_becomes() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("images");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("vmlinuz"), "checked kernel").unwrap();
+        std::fs::write(root.join("initrd"), "checked initrd").unwrap();
+        let roots = crate::trusted::resolve_roots(&[root.clone()]).unwrap();
+        let spec: wukong_api::WukongSpec = serde_json::from_value(serde_json::json!({
+            "boot": {"kernel": {
+                "path": root.join("vmlinuz"),
+                "initrd": root.join("initrd"),
+            }},
+        }))
+        .unwrap();
+        let def = wukong_api::resolve_new(
+            "vm",
+            &spec,
+            wukong_api::BackendKind::Local,
+            wukong_api::config::HostLimits::UNLIMITED,
+        )
+        .unwrap()
+        .0;
+        let default = BootSource {
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            uefi: None,
+        };
+        let (boot, pins) =
+            boot_source(&def, &default, t.path(), &UefiFirmware::default(), &roots).unwrap();
+        // The files are swapped under their names after the check.
+        std::fs::write(t.path().join("other"), "swapped in").unwrap();
+        std::fs::rename(t.path().join("other"), root.join("vmlinuz")).unwrap();
+        std::fs::remove_file(root.join("initrd")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", root.join("initrd")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(boot.kernel.as_ref().unwrap()).unwrap(),
+            "checked kernel"
+        );
+        assert_eq!(
+            std::fs::read_to_string(boot.initrd.as_ref().unwrap()).unwrap(),
+            "checked initrd"
+        );
+        drop(pins);
+        // Named again, the link that now stands there is refused.
+        let e = boot_source(&def, &default, t.path(), &UefiFirmware::default(), &roots)
+            .err()
+            .expect("a kernel file replaced by a link out of the roots");
+        assert!(e.to_string().contains("spec.boot.kernel.initrd"), "{e}");
     }
 }

@@ -224,7 +224,8 @@ impl LocalBackend {
             )
             .await?;
         }
-        let boot = crate::boot::boot_source(
+        // The kernel and initrd a spec names stay open (`_pins`) until QEMU has read them.
+        let (boot, _pins) = crate::boot::boot_source(
             &def,
             &self.options.boot,
             &dir,

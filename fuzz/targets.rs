@@ -163,3 +163,144 @@ pub fn agent_reply(data: &[u8]) {
         agent.abort();
     });
 }
+
+/// The API the local daemon serves, as raw HTTP: a method, a path under the API prefix (or
+/// any request target) and a body, from `data`. The daemon answers every request with a
+/// status line, nothing it writes lands outside its home (whatever the path spells), and no
+/// VM is ever started (the daemon's memory limit admits none: a create or change that would
+/// run one is refused, so inputs never boot QEMU).
+pub fn api_request(data: &[u8]) {
+    use std::io::{Read, Write};
+    const METHODS: [&str; 5] = ["GET", "POST", "PATCH", "DELETE", "PUT"];
+    const PREFIX: &str = "/apis/vm.novasphere.dev/v1alpha1/";
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let method = METHODS[usize::from(first & 7) % METHODS.len()];
+    let (path, body) = match rest.iter().position(|b| *b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let mut target = Vec::new();
+    if first & 8 == 0 {
+        target.extend_from_slice(PREFIX.as_bytes());
+    }
+    target.extend_from_slice(&path[..path.len().min(1024)]);
+    let api = api_daemon();
+    let mut s = std::net::TcpStream::connect(api.addr).expect("the API listens");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = format!("{method} ").into_bytes();
+    req.extend_from_slice(&target);
+    req.extend_from_slice(
+        format!(
+            " HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    req.extend_from_slice(body);
+    let _ = s.write_all(&req);
+    // The status line is enough (a watch would stream on).
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    while got < head.len() {
+        match s.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("no answer to {method} {:?}: {e}", String::from_utf8_lossy(&target)),
+        }
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 "),
+        "no status line for {method} {:?}: {:?}",
+        String::from_utf8_lossy(&target),
+        String::from_utf8_lossy(&head[..got])
+    );
+    drop(s);
+    let outside: Vec<_> = std::fs::read_dir(&api.root)
+        .expect("the fuzz root")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "home")
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{method} {:?} wrote outside the daemon's home: {outside:?}",
+        String::from_utf8_lossy(&target)
+    );
+    api.trim();
+}
+
+/// One daemon for every input of [`api_request`] (its state carries over, as a real daemon's
+/// does), served on loopback TCP by its own runtime.
+struct ApiDaemon {
+    root: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    daemon: std::sync::Arc<wukong_local::daemon::Daemon>,
+}
+
+impl ApiDaemon {
+    /// Keeps the state small: past 32 VMs, every record goes.
+    fn trim(&self) {
+        let store = self.daemon.backend.store();
+        let Ok(all) = store.list(None) else { return };
+        if all.len() > 32 {
+            for r in all {
+                let _ = store.delete(&wukong_local::store::record_ref(&r));
+            }
+        }
+    }
+}
+
+fn api_daemon() -> &'static ApiDaemon {
+    static API: std::sync::OnceLock<ApiDaemon> = std::sync::OnceLock::new();
+    API.get_or_init(|| {
+        use wukong_local::{Home, LocalBackend, LocalOptions, LocalTimeouts, Store};
+        let root = std::env::temp_dir().join(format!("wukong-fuzz-api-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("fuzz root");
+        let home = Home::at(root.join("home"));
+        home.ensure().expect("home");
+        let store = std::sync::Arc::new(Store::open(&home.database()).expect("store"));
+        let options = LocalOptions {
+            accel: wukong_local::machine::Accel::Tcg,
+            boot: wukong_local::machine::BootSource {
+                kernel: Some(root.join("no-kernel")),
+                initrd: None,
+                cmdline: String::new(),
+                uefi: None,
+            },
+            hotplug_ports: 4,
+            force_guest_offline: false,
+            live: true,
+            timeouts: LocalTimeouts::default(),
+            image_roots: Vec::new(),
+            event_history: 16,
+            uefi: Default::default(),
+            memory_commit: wukong_local::admission::CommitLimit::Bytes(1),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let daemon = wukong_local::daemon::Daemon::new(
+                    std::sync::Arc::new(LocalBackend::new(home, store, options)),
+                    HostLimits::UNLIMITED,
+                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("loopback");
+                let addr = listener.local_addr().expect("addr");
+                tx.send((addr, daemon.clone())).expect("handed over");
+                let _ = axum::serve(listener, wukong_local::api::router(daemon)).await;
+            });
+        });
+        let (addr, daemon) = rx.recv().expect("the API started");
+        ApiDaemon { root, addr, daemon }
+    })
+}

@@ -51,3 +51,8 @@ fn names_corpus() {
 fn agent_reply_corpus() {
     replay("agent_reply", targets::agent_reply);
 }
+
+#[test]
+fn api_request_corpus() {
+    replay("api_request", targets::api_request);
+}

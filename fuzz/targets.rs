@@ -208,7 +208,10 @@ pub fn api_request(data: &[u8]) {
         match s.read(&mut head[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
-            Err(e) => panic!("no answer to {method} {:?}: {e}", String::from_utf8_lossy(&target)),
+            Err(e) => panic!(
+                "no answer to {method} {:?}: {e}",
+                String::from_utf8_lossy(&target)
+            ),
         }
     }
     assert!(

@@ -24,7 +24,7 @@ fi
 # operator's suite runs on it (one control plane per test, one test at a time).
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
     step "real kube-apiserver: install" cargo nextest run -p wukong-operator --locked --run-ignored only -E 'binary(real_apiserver)'
-    step "real kube-apiserver: operator suite" env WUKONG_TEST_TARGET=envtest cargo nextest run -p wukong-operator --locked --no-fail-fast -j 1 -E 'binary(operator) | binary(operator_sim)'
+    step "real kube-apiserver: operator suite" env WUKONG_TEST_TARGET=envtest cargo nextest run -p wukong-operator --locked --no-fail-fast -j 1 -E 'binary(operator) | binary(operator_sim) | binary(operator_faults)'
 else
     echo "KUBEBUILDER_ASSETS is not set: the install test and the operator suite against a real kube-apiserver did not run" >&2
 fi

@@ -10,6 +10,9 @@
 //! engine's step boundaries (PHASE `started`, `applied` or `done`; ACTION the step's `action`
 //! as the API spells it, e.g. `addVcpus`), `restart.started` and `restart.done`, and
 //! `RESOURCE.WHAT` inside a backend's step (e.g. `memory.requested`).
+//!
+//! A component that runs as a task of a test (the operator) is armed in the process instead
+//! ([`arm_in_process`]): the task panics at the point and the test aborts the rest of it.
 
 use wukong_planner::Step;
 
@@ -29,9 +32,45 @@ pub fn check() -> Result<(), String> {
     }
 }
 
+/// A failpoint armed inside this process, for a component that runs as a task of a test (the
+/// operator): reaching it panics the task there, and the sender tells the test, which then
+/// aborts what is left of the component, as a `kill -9` would end it.
+#[cfg(feature = "failpoints")]
+static IN_PROCESS: std::sync::Mutex<Option<(String, std::sync::mpsc::Sender<()>)>> =
+    std::sync::Mutex::new(None);
+
+/// Arms `name` in this process (replacing one armed before): the first task to reach it
+/// panics there and the receiver gets word of it. Failpoints builds only.
+#[cfg(feature = "failpoints")]
+pub fn arm_in_process(name: &str) -> std::sync::mpsc::Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    *IN_PROCESS.lock().expect("failpoint") = Some((name.to_string(), tx));
+    rx
+}
+
+/// Disarms the failpoint armed in this process, if it has not fired.
+#[cfg(feature = "failpoints")]
+pub fn disarm_in_process() {
+    *IN_PROCESS.lock().expect("failpoint") = None;
+}
+
 /// Dies here if the failpoint `name` is armed.
 #[inline]
 pub fn hit(name: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        let fired = {
+            let mut armed = IN_PROCESS.lock().expect("failpoint");
+            match armed.as_ref() {
+                Some((n, _)) if n == name => armed.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, tx)) = fired {
+            let _ = tx.send(());
+            panic!("failpoint {name} reached: this task dies here");
+        }
+    }
     #[cfg(feature = "failpoints")]
     if let Ok(armed) = std::env::var(ENV) {
         if armed == name {
@@ -49,7 +88,7 @@ pub fn hit(name: &str) {
 #[inline]
 pub fn hit_step(phase: &str, step: &Step) {
     #[cfg(feature = "failpoints")]
-    if std::env::var(ENV).is_ok() {
+    if std::env::var(ENV).is_ok() || IN_PROCESS.lock().expect("failpoint").is_some() {
         let value = serde_json::to_value(&step.action).unwrap_or_default();
         let action = value["action"].as_str().unwrap_or("unknown");
         hit(&format!("step.{phase}.{action}"));

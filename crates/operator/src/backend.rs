@@ -887,6 +887,7 @@ impl Backend for KubevirtBackend {
             restart: None,
         };
         self.carry_out(vm, &plan, desired, progress).await?;
+        wukong_engine::failpoint::hit("kubevirt.edited");
         if let Action::GrowDisk { disk, to, .. } = &step.action {
             self.await_capacity(vm, disk, *to, progress).await?;
         }
@@ -935,6 +936,7 @@ impl Backend for KubevirtBackend {
             }),
         };
         self.carry_out(vm, &plan, desired, &Quiet).await?;
+        wukong_engine::failpoint::hit("kubevirt.restart-requested");
         self.await_new_vmi(vm, old).await
     }
 }

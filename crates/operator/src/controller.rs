@@ -275,6 +275,17 @@ impl Context {
     }
 }
 
+/// A task that belongs to the future holding it: if that future is dropped unfinished (a
+/// reconcile cancelled, its operator stopped or crashed), the task is aborted with it, so no
+/// status write outlives the reconcile that queued it and lands over a successor's.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Applies events to `status` and writes it (coalescing bursts), until the engine is done.
 async fn status_writer(
     ctx: Arc<Context>,
@@ -511,14 +522,14 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
         tracing::warn!(%vm, operation = %id, "an operation left in flight by a stopped operator ends as interrupted");
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(status_writer(
+    let mut writer = AbortOnDrop(tokio::spawn(status_writer(
         ctx.clone(),
         api.clone(),
         vm.clone(),
         status.clone(),
         rx,
         reference,
-    ));
+    )));
     let sink = StatusSink { tx };
     let op = format!(
         "{generation}-{}",
@@ -548,7 +559,7 @@ async fn apply(w: Arc<Wukong>, ctx: Arc<Context>) -> Result<Action, Error> {
     };
     ctx.backend.settle(&vm);
     drop(sink);
-    let mut status = writer.await.unwrap_or(status);
+    let mut status = (&mut writer.0).await.unwrap_or(status);
     let result = match outcome {
         Ok(report) => {
             if let Some(o) = &observed {

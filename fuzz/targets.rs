@@ -307,3 +307,55 @@ fn api_daemon() -> &'static ApiDaemon {
         ApiDaemon { root, addr, daemon }
     })
 }
+
+/// What a QEMU monitor says (a QEMU compromised by its guest is not trusted): after a proper
+/// greeting and capabilities negotiation, `data` is all it answers, then it hangs up. Every
+/// command ends in an error or a value decoded from a reply, never a panic or a hang.
+pub fn qmp_reply(data: &[u8]) {
+    use qapi::qmp;
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = std::env::temp_dir().join(format!("wukong-fuzz-qmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("socket directory");
+    let path = dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&path);
+    rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let data = data.to_vec();
+        let monitor = tokio::spawn(async move {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let greeting = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 10}, "package": ""}, "capabilities": ["oob"]}}"#;
+            let _ = write.write_all(format!("{greeting}\n").as_bytes()).await;
+            let Ok(Some(negotiate)) = lines.next_line().await else {
+                return;
+            };
+            let request: serde_json::Value =
+                serde_json::from_str(&negotiate).unwrap_or_default();
+            let mut reply = serde_json::json!({"return": {}});
+            if let Some(id) = request.get("id") {
+                reply["id"] = id.clone();
+            }
+            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+            let _ = write.write_all(&data).await;
+            let _ = write.shutdown().await;
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        if let Ok(q) = wukong_local::qmp::Qmp::connect(&path, Duration::from_secs(5)).await {
+            let _ = q.version().await;
+            let _ = q.peripherals().await;
+            let _ = q.run(qmp::query_status {}).await;
+            let _ = q.run(qmp::query_block {}).await;
+            let _ = q.run(qmp::query_hotpluggable_cpus {}).await;
+            let _ = q.qom_get("/machine/peripheral/vmem", "size").await;
+        }
+        monitor.abort();
+    });
+}

@@ -56,3 +56,8 @@ fn agent_reply_corpus() {
 fn api_request_corpus() {
     replay("api_request", targets::api_request);
 }
+
+#[test]
+fn qmp_reply_corpus() {
+    replay("qmp_reply", targets::qmp_reply);
+}

@@ -236,9 +236,17 @@ fn a_stopped_guest_agent_fails_the_operation_in_time_and_rolls_back() {
     let base = "  cpu: 1\n  memory: 512Mi\n  disks:\n  - {name: system, size: 128Mi}\n";
     d.apply(&doc("s1", base));
     // Freeze the agent once this command has returned, then wait until it no longer answers.
+    // It thaws when the host takes the NIC's link down (the guest sees the carrier go): the
+    // host decides when, no timer does.
+    let nic = d
+        .sh("s1", "ls /sys/class/net | grep -v '^lo$' | head -n 1")
+        .trim()
+        .to_string();
     d.sh(
         "s1",
-        "(sleep 0.5; kill -STOP $(pidof qemu-ga)) </dev/null >/dev/null 2>&1 &",
+        &format!(
+            "(sleep 0.5; kill -STOP $(pidof qemu-ga); while [ \"$(cat /sys/class/net/{nic}/carrier)\" = 1 ]; do usleep 100000; done; kill -CONT $(pidof qemu-ga)) </dev/null >/dev/null 2>&1 &"
+        ),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while d.wk(&["exec", "s1", "--", "true"]).status.success() {
@@ -271,6 +279,22 @@ fn a_stopped_guest_agent_fails_the_operation_in_time_and_rolls_back() {
                 .any(|c| c["type"] == "Ready" && c["status"] == "False")
         })
     });
+    // The agent comes back: the same apply now works, and nothing was lost on the way.
+    hmp(&d, "s1", "set_link nic-default off");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !d.wk(&["exec", "s1", "--", "true"]).status.success() {
+        assert!(Instant::now() < deadline, "the agent did not come back");
+    }
+    hmp(&d, "s1", "set_link nic-default on");
+    d.apply(&doc(
+        "s1",
+        &format!("{base}  - {{name: late, size: 64Mi}}\n"),
+    ));
+    assert_eq!(d.disk_bytes("s1", "late"), Some(64 * MIB));
+    assert!(
+        hmp(&d, "s1", "info qtree").matches("disk-late").count() == 1,
+        "one device for the disk"
+    );
 }
 
 #[test]

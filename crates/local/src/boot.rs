@@ -276,7 +276,7 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::fs::write(root.join("vmlinuz"), "checked kernel").unwrap();
         std::fs::write(root.join("initrd"), "checked initrd").unwrap();
-        let roots = crate::trusted::resolve_roots(&[root.clone()]).unwrap();
+        let roots = crate::trusted::resolve_roots(std::slice::from_ref(&root)).unwrap();
         let spec: wukong_api::WukongSpec = serde_json::from_value(serde_json::json!({
             "boot": {"kernel": {
                 "path": root.join("vmlinuz"),

@@ -107,26 +107,30 @@ impl Daemon {
     }
 
     /// Writes the condition into the stored status when it differs (best effort: a full
-    /// filesystem may refuse it; the API's reads lay the live one over it meanwhile).
+    /// filesystem may refuse it; the API's reads lay the live one over it meanwhile). Nothing
+    /// is written while the stored status already says it: a write moves resourceVersion.
     fn store_pause(&self, vm: &VmRef, now: Option<&Held>) {
-        let _ = self.backend.store().update::<StoreError>(vm, None, |r| {
+        let store = self.backend.store();
+        let Ok(Some(rec)) = store.get(vm) else { return };
+        let stored = rec
+            .object
+            .status
+            .as_ref()
+            .and_then(|st| st.conditions.iter().find(|c| c.type_ == CONDITION));
+        let paused_stored = stored.is_some_and(|c| c.status == "True");
+        let current = match now {
+            Some(h) => stored.is_some_and(|c| shows(c, h)),
+            None => !paused_stored,
+        };
+        if current {
+            return;
+        }
+        let _ = store.update::<StoreError>(vm, None, |r| {
             let generation = r.object.metadata.generation;
             let st = r.object.status.get_or_insert_with(Default::default);
-            let stored = st.conditions.iter().find(|c| c.type_ == CONDITION);
-            match (now, stored) {
-                (Some(h), Some(c))
-                    if c.status == "True" && c.reason == h.reason && c.message == h.message => {}
-                (Some(h), _) => {
-                    status::set_condition(
-                        &mut st.conditions,
-                        CONDITION,
-                        true,
-                        h.reason,
-                        &h.message,
-                        generation,
-                    );
-                }
-                (None, Some(c)) if c.status == "True" => status::set_condition(
+            match now {
+                Some(h) => lay(&mut st.conditions, h, generation),
+                None => status::set_condition(
                     &mut st.conditions,
                     CONDITION,
                     false,
@@ -134,7 +138,6 @@ impl Daemon {
                     "QEMU retried the write that had paused the VM, and it runs",
                     generation,
                 ),
-                (None, _) => {}
             }
             Ok(())
         });
@@ -146,23 +149,28 @@ impl Daemon {
         if let Some(h) = self.paused.lock().expect("paused").get(&vm) {
             let generation = rec.object.metadata.generation;
             let st = rec.object.status.get_or_insert_with(Default::default);
-            if !st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == CONDITION && c.status == "True" && c.message == h.message)
-            {
-                status::set_condition(
-                    &mut st.conditions,
-                    CONDITION,
-                    true,
-                    h.reason,
-                    &h.message,
-                    generation,
-                );
+            if !st.conditions.iter().any(|c| shows(c, h)) {
+                lay(&mut st.conditions, h, generation);
             }
         }
         rec
     }
+}
+
+/// Whether `c` is the condition `h` describes.
+fn shows(c: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition, h: &Held) -> bool {
+    c.type_ == CONDITION && c.status == "True" && c.reason == h.reason && c.message == h.message
+}
+
+/// Sets the condition `h` describes.
+fn lay(
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    h: &Held,
+    generation: Option<i64>,
+) {
+    status::set_condition(
+        conditions, CONDITION, true, h.reason, &h.message, generation,
+    );
 }
 
 #[cfg(test)]

@@ -213,6 +213,25 @@ async fn one(change: Change, point: &str) -> Duration {
     } else {
         assert_eq!(now, boot, "{change:?} at {point}: live, no restart");
     }
+    let op = &w["status"]["lastOperation"];
+    let steps: Vec<String> = op["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{} [{}]",
+                s["description"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    println!(
+        "{change:?} at {point}: last operation {} {}: {}",
+        op["id"],
+        op["phase"],
+        steps.join("; ")
+    );
     took
 }
 

@@ -423,6 +423,28 @@ fn tokio_stream_of(
     })
 }
 
+/// Puts the path's namespace into a created object's metadata; a body that is not an object,
+/// or whose metadata is not one, is refused (indexing into it would panic the handler).
+fn set_namespace(value: &mut Value, ns: &str) -> Result<(), ApiError> {
+    let bad = |what: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("{what} must be a JSON object"),
+        )
+    };
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| bad("the body (a Wukong)"))?;
+    match object.entry("metadata").or_insert_with(|| json!({})) {
+        Value::Object(m) => {
+            m.insert("namespace".into(), json!(ns));
+            Ok(())
+        }
+        _ => Err(bad("metadata")),
+    }
+}
+
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(json!({}));
@@ -443,7 +465,7 @@ async fn create(
     body: Bytes,
 ) -> ApiResult {
     let mut value = parse_body(&body)?;
-    value["metadata"]["namespace"] = json!(ns);
+    set_namespace(&mut value, &ns)?;
     let doc = parse_value(value).map_err(ApiError::fields)?;
     check_sources(&d, &doc.wukong.spec, None, tcp.is_some())?;
     let name = doc.wukong.metadata.name.clone().unwrap_or_default();

@@ -645,3 +645,44 @@ async fn concurrent_starts_are_admitted_one_at_a_time() {
         "one VM marked as holding its memory, the refused ones untouched"
     );
 }
+
+/// A create whose body is JSON but not an object (or whose metadata is not one) is a 400 that
+/// says so, and nothing is created. (Found by the `api_request` fuzz target: it panicked the
+/// handler, and the client got no answer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_body_that_is_not_an_object_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path().join("home"));
+    home.ensure().unwrap();
+    let d = daemon(&home, Vec::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = wukong_local::api::router(d.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    for (body, what) in [
+        ("      0", "the body"),
+        ("[]", "the body"),
+        (r#""w""#, "the body"),
+        (r#"{"metadata": 5}"#, "metadata"),
+        (r#"{"metadata": [], "spec": {}}"#, "metadata"),
+    ] {
+        let (code, answer) = tokio::task::spawn_blocking(move || {
+            exchange(
+                addr,
+                "POST",
+                format!("{PREFIX}/namespaces/default/wukongs").as_bytes(),
+                body,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(
+            answer.contains(what) && answer.contains("must be a JSON object"),
+            "{body}: {answer}"
+        );
+    }
+    assert!(d.backend.store().list(None).unwrap().is_empty());
+}

@@ -64,6 +64,16 @@ fn exchange(addr: std::net::SocketAddr, method: &str, path: &[u8], body: &str) -
     (code, body.to_string())
 }
 
+/// Serves `app` on a loopback port of its own; returns the address.
+async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
 /// A daemon over `home` trusting `roots` (no VM is ever booted by these tests).
 fn daemon(home: &Home, roots: Vec<PathBuf>) -> Arc<Daemon> {
     daemon_with(
@@ -127,11 +137,7 @@ async fn host_images_over_tcp_come_only_from_trusted_directories() {
             wukong_local::api::router(daemon(&home, roots)),
             token.into(),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = serve(app).await;
         let before = tree(dir.path());
         let body = format!(
             r#"{{"apiVersion":"vm.novasphere.dev/v1alpha1","kind":"Wukong","metadata":{{"name":"vm"}},"spec":{{"cpu":1,"memory":"256Mi","disks":[{{"name":"system","size":"1Gi","source":{{"image":"{}"}}}}]}}}}"#,
@@ -168,11 +174,7 @@ async fn metrics_over_tcp_need_the_token() {
         wukong_local::api::router(daemon(&home, Vec::new())),
         token.into(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve(app).await;
     assert_eq!(send(addr, "GET", b"/metrics", ""), 401, "no token");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -193,11 +195,7 @@ async fn hostile_namespaces_and_names_are_refused_and_nothing_is_written() {
     let home = Home::at(dir.path().join("a/b/c/home"));
     home.ensure().unwrap();
     let daemon = daemon(&home, Vec::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, wukong_local::api::router(daemon)).await;
-    });
+    let addr = serve(wukong_local::api::router(daemon)).await;
     let before = tree(dir.path());
 
     let overlong = "a".repeat(64);
@@ -329,12 +327,7 @@ async fn a_vm_being_deleted_takes_no_change_and_the_next_daemon_finishes_the_del
     let home = Home::at(dir.path().join("home"));
     home.ensure().unwrap();
     let d = daemon(&home, Vec::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = wukong_local::api::router(d.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve(wukong_local::api::router(d.clone())).await;
     let one = format!("{PREFIX}/namespaces/default/wukongs/vm");
     let created = tokio::task::spawn_blocking(move || {
         send(
@@ -413,12 +406,7 @@ async fn concurrent_patches_land_one_at_a_time_and_a_stale_resource_version_is_r
     let home = Home::at(dir.path().join("home"));
     home.ensure().unwrap();
     let d = daemon(&home, Vec::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = wukong_local::api::router(d.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve(wukong_local::api::router(d.clone())).await;
     let one = format!("{PREFIX}/namespaces/default/wukongs/vm");
     let (code, body) = tokio::task::spawn_blocking(move || {
         exchange(
@@ -554,12 +542,7 @@ async fn concurrent_starts_are_admitted_one_at_a_time() {
         &home,
         opts,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = wukong_local::api::router(d.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve(wukong_local::api::router(d.clone())).await;
     let store = d.backend.store().clone();
     let vms: Vec<wukong_engine::VmRef> = (0..VMS)
         .map(|i| wukong_engine::VmRef::new("default", &format!("vm{i}")))
@@ -655,12 +638,7 @@ async fn a_create_body_that_is_not_an_object_is_refused_with_a_reason() {
     let home = Home::at(dir.path().join("home"));
     home.ensure().unwrap();
     let d = daemon(&home, Vec::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = wukong_local::api::router(d.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve(wukong_local::api::router(d.clone())).await;
     for (body, what) in [
         ("      0", "the body"),
         ("[]", "the body"),

@@ -32,9 +32,13 @@ impl Tmpfs {
             .tempdir_in("/tmp")
             .unwrap()
             .keep();
-        let root = String::from_utf8_lossy(&Command::new("id").arg("-u").output().unwrap().stdout)
-            .trim()
-            == "0";
+        let id = |flag: &str| {
+            String::from_utf8_lossy(&Command::new("id").arg(flag).output().unwrap().stdout)
+                .trim()
+                .to_string()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        let root = uid == "0";
         let sudo = !root;
         let mut cmd = if sudo {
             let mut c = Command::new("sudo");
@@ -48,7 +52,7 @@ impl Tmpfs {
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={mib}m,mode=0700"),
+                &format!("size={mib}m,mode=0700,uid={uid},gid={gid}"),
                 "tmpfs",
             ])
             .arg(&dir)

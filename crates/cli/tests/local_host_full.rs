@@ -38,8 +38,16 @@ impl Tmpfs {
                 .to_string()
         };
         let (uid, gid) = (id("-u"), id("-g"));
-        let sudo = uid != "0";
-        let out = privileged(sudo, "mount")
+        let root = uid == "0";
+        let sudo = !root;
+        let mut cmd = if sudo {
+            let mut c = Command::new("sudo");
+            c.args(["-n", "mount"]);
+            c
+        } else {
+            Command::new("mount")
+        };
+        let out = cmd
             .args([
                 "-t",
                 "tmpfs",
@@ -63,23 +71,18 @@ impl Tmpfs {
     }
 }
 
-/// `program` as root: itself when the test runs as root, else through `sudo -n`.
-fn privileged(sudo: bool, program: &str) -> Command {
-    if sudo {
-        let mut c = Command::new("sudo");
-        c.args(["-n", program]);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = privileged(self.sudo, "umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
+        let mut cmd = if self.sudo {
+            let mut c = Command::new("sudo");
+            c.args(["-n", "umount", "-l"]);
+            c
+        } else {
+            let mut c = Command::new("umount");
+            c.arg("-l");
+            c
+        };
+        let _ = cmd.arg(&self.dir).status();
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

@@ -435,7 +435,7 @@ impl Daemon {
             was_running = Some(running);
             // Paused by QEMU on a failed write: the guest cannot answer; nothing is planned
             // until it runs again (let go here once the host has room).
-            let paused = running && self.check_io_pause(&vm, &rec).await;
+            let paused = running && self.check_io_pause(&vm).await;
             let backing_off = !died
                 && failures.is_some_and(|(g, _, until)| {
                     g == generation && tokio::time::Instant::now() < until

@@ -72,21 +72,20 @@ impl Daemon {
     /// filesystem has room again. Returns whether it stays paused (then the worker leaves the
     /// guest alone this round). A QEMU that does not answer counts as not paused: the
     /// operation that follows meets it and says so.
-    /// `rec` is the VM's record as the worker just read it (its stored condition).
-    pub(crate) async fn check_io_pause(self: &Arc<Self>, vm: &VmRef, rec: &VmRecord) -> bool {
+    pub(crate) async fn check_io_pause(self: &Arc<Self>, vm: &VmRef) -> bool {
         let Ok(mut pause) = self.backend.io_pause(vm).await else {
             return false;
         };
-        let mut free = self.backend.host_free(vm);
         if let Some(p) = &pause
-            && may_resume(p, free)
+            && may_resume(p, self.backend.host_free(vm))
             && self.backend.resume_after_io_error(vm).await.is_ok()
         {
             // QEMU retries the write on `cont`; if it fails again the VM is paused again.
             pause = self.backend.io_pause(vm).await.unwrap_or(None);
-            free = self.backend.host_free(vm);
         }
-        let now = pause.as_ref().map(|p| held(p, &self.backend.dir(vm), free));
+        let now = pause
+            .as_ref()
+            .map(|p| held(p, &self.backend.dir(vm), self.backend.host_free(vm)));
         let before = {
             let mut map = self.paused.lock().expect("paused");
             match &now {
@@ -103,14 +102,16 @@ impl Daemon {
             ),
             _ => {}
         }
-        self.store_pause(vm, rec, now.as_ref());
+        self.store_pause(vm, now.as_ref());
         now.is_some()
     }
 
     /// Writes the condition into the stored status when it differs (best effort: a full
     /// filesystem may refuse it; the API's reads lay the live one over it meanwhile). Nothing
     /// is written while the stored status already says it: a write moves resourceVersion.
-    fn store_pause(&self, vm: &VmRef, rec: &VmRecord, now: Option<&Held>) {
+    fn store_pause(&self, vm: &VmRef, now: Option<&Held>) {
+        let store = self.backend.store();
+        let Ok(Some(rec)) = store.get(vm) else { return };
         let stored = rec
             .object
             .status
@@ -124,7 +125,7 @@ impl Daemon {
         if current {
             return;
         }
-        let _ = self.backend.store().update::<StoreError>(vm, None, |r| {
+        let _ = store.update::<StoreError>(vm, None, |r| {
             let generation = r.object.metadata.generation;
             let st = r.object.status.get_or_insert_with(Default::default);
             match now {
